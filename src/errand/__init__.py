@@ -1,0 +1,31 @@
+"""errand: a background job queue kept in your application's own database."""
+
+from errand.app import App
+from errand.context import JobContext, current_job
+from errand.errors import (
+    CancelJob,
+    ErrandError,
+    FailedJobError,
+    RetryableJobError,
+)
+from errand.handle import Attempt, Job
+from errand.jobs import Outcome, State
+from errand.tasks import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Attempt",
+    "CancelJob",
+    "ErrandError",
+    "FailedJobError",
+    "Job",
+    "JobContext",
+    "Outcome",
+    "RetryableJobError",
+    "State",
+    "Task",
+    "__version__",
+    "current_job",
+]

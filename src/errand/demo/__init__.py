@@ -1,0 +1,1 @@
+"""`errand demo`: the quick start scenario."""

@@ -1,0 +1,1 @@
+"""The worker: a supervisor process and the job processes it forks."""

@@ -1,0 +1,149 @@
+"""The supervisor's job processes: fork them, hand them tries, read their reports, reap them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Any
+
+from errand.app import App
+from errand.jobs import ClaimedJob, Outcome
+from errand.retry import TryEnd, Verdict
+from errand.runtime.child import RunMessage, child_main
+
+
+@dataclass
+class Running:
+    """A try in a child's hands, and what the supervisor has decided about it."""
+
+    job: ClaimedJob
+    started: float
+    deadline: float | None
+    stop_asked_at: float | None = None
+    lost: bool = False  # cancelled, or rescued by another worker: no longer ours to finish
+    kill_reason: TryEnd | None = None
+
+
+@dataclass
+class Child:
+    pid: int
+    conn: Connection
+    running: Running | None = None
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+    closed: bool = False
+
+
+def describe_exit(status: int) -> str:
+    """`was killed by SIGSEGV` or `exited with code 3`, from a waitpid status."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"was killed by {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+class Pool:
+    """Job processes forked from the supervisor; each runs one try at a time."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.children: dict[int, Child] = {}
+
+    def spawn(self) -> Child:
+        parent_end, child_end = Pipe(duplex=True)
+        inherited = [child.conn for child in self.children.values()] + [parent_end]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            child_main(self.app, child_end, os.getppid(), inherited)
+        child_end.close()
+        child = Child(pid=pid, conn=parent_end)
+        self.children[pid] = child
+        return child
+
+    def idle(self) -> list[Child]:
+        return [c for c in self.children.values() if c.running is None and not c.closed]
+
+    def busy(self) -> list[Child]:
+        return [c for c in self.children.values() if c.running is not None]
+
+    def start(self, child: Child, job: ClaimedJob, parent_results: dict[str, Any]) -> None:
+        now = time.monotonic()
+        child.running = Running(job=job, started=now,
+                                deadline=None if job.timeout is None else now + job.timeout)
+        try:
+            child.conn.send(RunMessage(
+                job_id=job.id, attempt=job.attempt, uuid=job.uuid, task=job.task,
+                args=job.args, kwargs=job.kwargs, context=job.context,
+                parent_results=parent_results))
+        except OSError:
+            pass  # the child died just now; reaping settles the try as a crash
+
+    def ask_to_stop(self, child: Child) -> None:
+        """Make the job's `should_stop()` true; it may still run to its end."""
+        if child.running is not None and child.running.stop_asked_at is None:
+            child.running.stop_asked_at = time.monotonic()
+            try:
+                child.conn.send("stop")
+            except OSError:
+                pass  # the child is already gone; reaping will tell
+
+    def kill(self, child: Child, reason: TryEnd) -> None:
+        """SIGKILL a child; its try ends with `reason` once it is reaped."""
+        if child.running is not None and child.running.kill_reason is None:
+            child.running.kill_reason = reason
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+
+    def read(self, child: Child) -> None:
+        """Drain a readable child's pipe into `child.messages`; EOF marks it closed."""
+        try:
+            while child.conn.poll(0):
+                child.messages.append(child.conn.recv())
+        except (EOFError, OSError):
+            child.closed = True
+
+    def reap(self) -> list[tuple[Child, str]]:
+        """Children that exited, with how (`killed by SIGKILL`); the caller closes their pipe."""
+        gone = []
+        for child in list(self.children.values()):
+            try:
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = child.pid, 0
+            if pid == 0:
+                continue
+            if not child.conn.closed:
+                self.read(child)
+            child.closed = True
+            del self.children[child.pid]
+            gone.append((child, describe_exit(status)))
+        return gone
+
+    def close_all(self, deadline: float) -> None:
+        """Close every pipe (idle children exit on EOF); kill what is left at `deadline`."""
+        for child in self.children.values():
+            child.conn.close()
+            child.closed = True
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            if self.children:
+                time.sleep(0.01)
+        for child in list(self.children.values()):
+            self.kill(child, crash_end("stopped with the worker"))
+        while self.children:
+            self.reap()
+            if self.children:
+                time.sleep(0.01)
+
+
+def crash_end(how: str, duration: float | None = None) -> TryEnd:
+    return TryEnd(Verdict.RETRY, Outcome.CRASH, error_type="ProcessCrashed",
+                  error_message=f"the job process {how}", duration=duration)

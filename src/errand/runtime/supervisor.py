@@ -1,0 +1,471 @@
+"""The worker's supervisor: one thread, one event loop, and the only process that talks to
+the database on the worker's behalf.
+
+It claims jobs for idle job processes, writes their ends in batches, heartbeats, rescues
+the jobs of dead workers, enforces timeouts, cancels and shutdown by killing processes, and
+keeps going through database outages (results wait in memory until they can be written;
+fencing makes a repeated write harmless).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import selectors
+import signal
+import socket
+import time
+from types import FrameType
+from typing import Any
+
+from errand import __version__
+from errand.app import App
+from errand.errors import DatabaseError
+from errand.jobs import Finish, Outcome
+from errand.retry import TryEnd, Verdict, settle
+from errand.runtime.pool import Child, Pool, crash_end
+from errand.settings import Settings
+from errand.storage import Backend, open_backend
+from errand.storage.base import Progress, Waker, WorkerInfo
+
+log = logging.getLogger("errand.worker")
+
+PROGRESS_FLUSH_INTERVAL = 0.25
+LOST_CHECK_DELAY = 0.2  # after news that a running job may have been cancelled
+MAX_DB_BACKOFF = 5.0
+
+
+class Worker:
+    """`errand worker`: runs jobs of `app` in `concurrency` child processes until stopped."""
+
+    def __init__(self, app: App, *, concurrency: int | None = None, burst: bool = False,
+                 duration: float | None = None, channels: str | None = None,
+                 settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.concurrency = concurrency or self.settings.concurrency
+        self.burst = burst
+        self.duration = duration
+        self.channels = channels
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease = self.settings.lease
+
+        self.backend: Backend | None = None
+        self.waker: Waker | None = None
+        self.pool = Pool(app)
+        self.selector = selectors.DefaultSelector()
+
+        self.finishes: list[Finish] = []
+        self.started: list[tuple[int, int, int]] = []
+        self.progress: dict[int, Progress] = {}
+
+        now = time.monotonic()
+        self.began = now
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.hard_stop = False
+        self.want_claim = True
+        self.nothing_ready = False
+        self.wake_at: float | None = None
+        self.db_down_since: float | None = None
+        self.db_ok_since = now
+        self.db_retry_at = 0.0
+        self.db_backoff = 0.1
+        self.next_heartbeat = now
+        self.next_lost_check: float | None = None
+        self.next_rescue = now
+        self.next_progress_flush = now
+        self.next_poll = now
+        self.waker_news = False
+        self.jobs_run = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (signal, `--duration`, or `--burst` with nothing ready); 0 = clean."""
+        self._install_signals()
+        try:
+            self.backend = open_backend(self.app.database_url, pooled=False)
+            self.backend.register_worker(WorkerInfo(
+                id=self.id, host=socket.gethostname(), pid=os.getpid(),
+                concurrency=self.concurrency, channels=self.channels, version=__version__))
+            self._open_waker()
+            for _ in range(self.concurrency):
+                self._spawn()
+            log.info("worker %s ready: %d job processes on %s", self.id, self.concurrency,
+                     self.backend.dialect)
+            while not self._finished():
+                self._step()
+            return 0
+        finally:
+            self._shutdown()
+
+    def request_stop(self) -> None:
+        """Stop claiming; running jobs get the grace period, then go back to pending."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.settings.shutdown_grace
+        busy = self.pool.busy()
+        log.info("stopping: %d running job(s) get %.0f s to finish", len(busy),
+                 self.settings.shutdown_grace)
+        for child in busy:
+            self.pool.ask_to_stop(child)
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+        self._old_handlers = {
+            signum: signal.signal(signum, handler) for signum, handler in (
+                (signal.SIGTERM, self._on_stop_signal), (signal.SIGINT, self._on_stop_signal),
+                (signal.SIGCHLD, self._on_child_signal))}
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            self.hard_stop = True
+        else:
+            self.request_stop()
+
+    def _on_child_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Nothing to do here: the wake-up fd makes the loop reap."""
+
+    def _finished(self) -> bool:
+        if self.hard_stop:
+            return True
+        if self.stopping:
+            return not self.pool.busy() and not self._writes_pending()
+        if (self.duration is not None and time.monotonic() - self.began >= self.duration):
+            self.request_stop()
+            return False
+        if self.burst and self.nothing_ready and not self.pool.busy() \
+                and not self._writes_pending():
+            log.info("burst: no job is ready, exiting")
+            self.stopping = True
+            return True
+        return False
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        for child in self.pool.busy():
+            self.pool.kill(child, TryEnd(Verdict.REQUEUE, Outcome.INTERRUPTED,
+                                         error_type="WorkerShutdown",
+                                         error_message="the worker stopped before the job ended"))
+        deadline = time.monotonic() + 2.0
+        while self.pool.busy() and time.monotonic() < deadline:
+            self._reap()
+            if self.pool.busy():
+                time.sleep(0.005)
+        self.pool.close_all(deadline=time.monotonic() + 2.0)
+        self._final_flush()
+        signal.set_wakeup_fd(self._old_wakeup)
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        if self.waker is not None:
+            self.waker.close()
+        if self.backend is not None:
+            self.backend.close()
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        log.info("worker %s stopped after %d job(s)", self.id, self.jobs_run)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _step(self) -> None:
+        for key, _ in self.selector.select(self._timeout()):
+            if key.data == "signal":
+                self._drain_wakeup()
+            elif key.data == "waker":
+                self.waker_news = True
+            else:
+                self.pool.read(key.data)
+        for child in list(self.pool.children.values()):
+            self._handle_messages(child)
+        self._reap()
+        self._enforce_deadlines()
+        if self.hard_stop:
+            return
+        self._sync()
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        if self.hard_stop or (self._writes_pending() and now >= self.db_retry_at):
+            return 0.0
+        idle = bool(self.pool.idle()) and not self.stopping
+        if idle and self.want_claim and now >= self.db_retry_at:
+            return 0.0
+        moments = [self.next_heartbeat, self.next_rescue, self.db_retry_at]
+        if self.wake_at is not None:
+            moments.append(self.wake_at)
+        if self.next_lost_check is not None:
+            moments.append(self.next_lost_check)
+        if self.progress:
+            moments.append(self.next_progress_flush)
+        if self.waker is None or self.waker.fileno() is None or idle:
+            moments.append(self.next_poll)
+        if self.stop_deadline is not None:
+            moments.append(self.stop_deadline)
+        if self.duration is not None:
+            moments.append(self.began + self.duration)
+        for child in self.pool.busy():
+            running = child.running
+            assert running is not None
+            if running.deadline is not None:
+                moments.append(running.deadline)
+            if running.lost and running.stop_asked_at is not None:
+                moments.append(running.stop_asked_at + self.settings.cancel_grace)
+        return max(0.0, min(moments) - now)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _spawn(self) -> None:
+        child = self.pool.spawn()
+        self.selector.register(child.conn, selectors.EVENT_READ, child)
+
+    def _handle_messages(self, child: Child) -> None:
+        messages, child.messages = child.messages, []
+        for message in messages:
+            kind = message[0]
+            running = child.running
+            if running is None or running.job.id != message[1] \
+                    or running.job.attempt != message[2]:
+                continue
+            if kind == "progress":
+                self.progress[running.job.id] = Progress(
+                    id=running.job.id, attempt=running.job.attempt, percent=message[3],
+                    message=message[4])
+            elif kind == "end":
+                self._end(child, message[3])
+
+    def _end(self, child: Child, end: TryEnd) -> None:
+        running = child.running
+        assert running is not None
+        child.running = None
+        job = running.job
+        finish = settle(job, end)
+        self.finishes.append(finish)
+        self.progress.pop(job.id, None)
+        self.want_claim = True
+        self.jobs_run += 1
+        if finish.outcome is Outcome.SUCCESS:
+            log.info("%s %s done in %.3f s", job.task, job.uuid, end.duration or 0.0)
+        else:
+            log.warning("%s %s try %d: %s (%s: %s) -> %s", job.task, job.uuid, job.attempt,
+                        finish.outcome, finish.error_type, finish.error_message, finish.state)
+
+    def _reap(self) -> None:
+        for child, how in self.pool.reap():
+            self.selector.unregister(child.conn)
+            child.conn.close()
+            self._handle_messages(child)
+            if child.running is not None:
+                elapsed = time.monotonic() - child.running.started
+                self._end(child, child.running.kill_reason or crash_end(how, elapsed))
+            if not self.stopping and not self.hard_stop:
+                self._spawn()
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for child in self.pool.busy():
+            running = child.running
+            assert running is not None
+            if running.kill_reason is not None:
+                continue
+            if self.hard_stop or (self.stop_deadline is not None and now >= self.stop_deadline):
+                self.pool.kill(child, TryEnd(
+                    Verdict.REQUEUE, Outcome.INTERRUPTED, error_type="WorkerShutdown",
+                    error_message="the worker stopped before the job ended"))
+            elif running.deadline is not None and now >= running.deadline:
+                self.pool.kill(child, TryEnd(
+                    Verdict.RETRY, Outcome.TIMEOUT, error_type="TimeoutError",
+                    error_message=f"killed after {running.job.timeout:g} s (the job's timeout)",
+                    duration=now - running.started))
+            elif running.lost and running.stop_asked_at is not None \
+                    and now >= running.stop_asked_at + self.settings.cancel_grace:
+                self.pool.kill(child, TryEnd(
+                    Verdict.CANCEL, Outcome.CANCELLED, error_type="Cancelled",
+                    error_message="cancelled while running; the job process was stopped",
+                    duration=now - running.started))
+
+    # -- the database ----------------------------------------------------------------------
+
+    def _writes_pending(self) -> bool:
+        return bool(self.finishes or self.started)
+
+    def _open_waker(self) -> None:
+        assert self.backend is not None
+        self.waker = self.backend.waker()
+        fileno = self.waker.fileno()
+        if fileno is not None:
+            self.selector.register(fileno, selectors.EVENT_READ, "waker")
+
+    def _close_waker(self) -> None:
+        if self.waker is None:
+            return
+        fileno = self.waker.fileno()
+        if fileno is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fileno)
+        with contextlib.suppress(Exception):
+            self.waker.close()
+        self.waker = None
+
+    def _sync(self) -> None:
+        now = time.monotonic()
+        if now < self.db_retry_at:
+            return
+        try:
+            self._sync_once(now)
+        except DatabaseError as exc:
+            self._database_failed(exc)
+        else:
+            if self.db_down_since is not None:
+                log.warning("database reachable again after %.1f s",
+                            time.monotonic() - self.db_down_since)
+                self.db_down_since = None
+                self.db_ok_since = time.monotonic()
+            self.db_backoff = 0.1
+
+    def _database_failed(self, exc: DatabaseError) -> None:
+        now = time.monotonic()
+        if self.db_down_since is None:
+            self.db_down_since = now
+            log.error("%s; retrying (running jobs go on, results are kept)", exc)
+        self._close_waker()
+        self.db_retry_at = now + self.db_backoff
+        self.db_backoff = min(self.db_backoff * 2, MAX_DB_BACKOFF)
+
+    def _sync_once(self, now: float) -> None:
+        backend = self.backend
+        assert backend is not None
+        if self.waker is None:
+            self._open_waker()
+            self.want_claim = True
+            self.next_heartbeat = now
+        if self.db_down_since is not None:
+            self._heartbeat(backend)
+        self._flush(backend, now)
+        self._poll_waker(now)
+        if now >= self.next_heartbeat or (self.next_lost_check is not None
+                                          and now >= self.next_lost_check):
+            self._heartbeat(backend)
+        if self.wake_at is not None and now >= self.wake_at:
+            self.wake_at = None
+            self.want_claim = True
+        if not self.stopping:
+            self._claim(backend)
+        if now >= self.next_rescue:
+            self.next_rescue = now + self.lease / 2
+            if now - self.db_ok_since >= self.lease:  # after an outage, let others heartbeat
+                rescued = backend.rescue(self.lease)
+                if rescued:
+                    log.warning("rescued %d job(s) of workers that stopped heartbeating",
+                                len(rescued))
+                    self.want_claim = True
+
+    def _flush(self, backend: Backend, now: float) -> None:
+        if self.started:
+            backend.mark_started(self.id, self.started)
+            self.started = []
+        if self.finishes:
+            applied = set(backend.finish(self.id, self.finishes))
+            for finish in self.finishes:
+                if finish.id not in applied:
+                    log.warning("job %d try %d was no longer ours (cancelled or rescued); "
+                                "its end was not applied to the job", finish.id, finish.attempt)
+            self.finishes = []
+        if self.progress and now >= self.next_progress_flush:
+            backend.save_progress(list(self.progress.values()))
+            self.progress = {}
+            self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
+
+    def _poll_waker(self, now: float) -> None:
+        waker = self.waker
+        assert waker is not None
+        if waker.fileno() is None:
+            if now < self.next_poll or not (self.pool.idle() or self.pool.busy()):
+                return
+            self.next_poll = now + waker.poll_interval
+        elif not self.waker_news:
+            if now >= self.next_poll:  # a safety net under LISTEN/NOTIFY
+                self.next_poll = now + waker.poll_interval
+                self.want_claim = True
+            return
+        self.waker_news = False
+        work, control = waker.check()
+        if work:
+            self.want_claim = True
+        if control and self.pool.busy() and self.next_lost_check is None:
+            self.next_lost_check = now + (LOST_CHECK_DELAY if waker.fileno() is None else 0.0)
+
+    def _heartbeat(self, backend: Backend) -> None:
+        now = time.monotonic()
+        running = [(c.running.job.id, c.running.job.attempt)
+                   for c in self.pool.busy() if c.running is not None]
+        lost = backend.heartbeat(self.id, running)
+        if lost is None:
+            log.warning("worker %s was forgotten by the database; registering again", self.id)
+            backend.register_worker(WorkerInfo(
+                id=self.id, host=socket.gethostname(), pid=os.getpid(),
+                concurrency=self.concurrency, channels=self.channels, version=__version__))
+            lost = backend.heartbeat(self.id, running) or []
+        self.next_heartbeat = now + self.lease / 4
+        self.next_lost_check = None
+        lost_ids = set(lost)
+        for child in self.pool.busy():
+            running_try = child.running
+            assert running_try is not None
+            if running_try.job.id in lost_ids and not running_try.lost:
+                running_try.lost = True
+                log.warning("%s %s was cancelled or taken over; stopping its process",
+                            running_try.job.task, running_try.job.uuid)
+                self.pool.ask_to_stop(child)
+
+    def _claim(self, backend: Backend) -> None:
+        idle = self.pool.idle()
+        if not idle or not self.want_claim:
+            return
+        jobs = backend.claim(self.id, len(idle))
+        for child, job in zip(idle, jobs, strict=False):
+            self.pool.start(child, job, {})
+            self.started.append((job.id, job.attempt, child.pid))
+        if len(jobs) < len(idle):
+            self.want_claim = False
+            eta = backend.next_eta()
+            self.nothing_ready = not jobs and (eta is None or eta > 0)
+            if eta is not None:
+                self.wake_at = time.monotonic() + max(eta, 0.01)
+        else:
+            self.nothing_ready = False
+
+    def _final_flush(self) -> None:
+        """Write what is left; if the database stays away, rescue will put the jobs back."""
+        if self.backend is None:
+            return
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                self._flush(self.backend, time.monotonic())
+                self.backend.stop_worker(self.id)
+                return
+            except DatabaseError as exc:
+                if time.monotonic() >= deadline:
+                    log.error("could not write the last results (%s); the jobs will be "
+                              "rescued as interrupted", exc)
+                    return
+                time.sleep(0.2)
+
+
+def run_worker(app: App, **options: Any) -> int:
+    return Worker(app, **options).run()

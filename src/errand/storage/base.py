@@ -1,0 +1,143 @@
+"""The one interface every storage backend implements: one method per operation.
+
+The public API, the worker and the admin operations speak only to this `Backend`; a
+concrete backend is reached through `errand.storage.open_backend(url)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+from errand.jobs import AttemptRow, ClaimedJob, Finish, JobRow, NewJob, State, WorkerRow
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker says about itself when it registers."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    channels: str | None
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatRow:
+    """Jobs of one task in one state, created within the period asked."""
+
+    task: str
+    state: State
+    count: int
+    avg_duration: float | None
+    max_duration: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A progress report of a running try, fenced by its attempt like a finish."""
+
+    id: int
+    attempt: int
+    percent: int
+    message: str | None
+
+
+class Waker(Protocol):
+    """Tells an idle worker that work may be ready, as cheaply as the database allows."""
+
+    poll_interval: float
+
+    def fileno(self) -> int | None:
+        """A descriptor that becomes readable on news, or None if the worker must poll."""
+
+    def check(self) -> tuple[bool, bool]:
+        """Consume news: (jobs may be ready, a running job may have been cancelled)."""
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    dialect: str
+    url: str
+
+    # schema
+    def migrate(self) -> list[int]:
+        """Apply missing migrations (under a lock); return the versions applied."""
+
+    def schema_version(self) -> int: ...
+
+    # producer side
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
+        """Store jobs in one round trip, in the caller's transaction if `connection` is given."""
+
+    def get_job(self, uuid: UUID) -> JobRow | None: ...
+
+    def list_jobs(self, state: State | None = None, channel: str | None = None,
+                  task: str | None = None, limit: int = 100) -> list[JobRow]:
+        """Jobs, newest first."""
+
+    def list_attempts(self, job_id: int) -> list[AttemptRow]:
+        """Tries of a job, oldest first."""
+
+    # admin
+    def uuids_in_state(self, state: State) -> list[UUID]: ...
+
+    def cancel(self, uuids: Sequence[UUID]) -> list[UUID]:
+        """Cancel the jobs not yet finished; return those cancelled."""
+
+    def requeue(self, uuids: Sequence[UUID]) -> list[UUID]:
+        """Put finished jobs back to pending now; return those requeued."""
+
+    def set_done(self, uuids: Sequence[UUID], result: str | None) -> list[UUID]:
+        """Mark failed/pending/waiting jobs done by hand; return those changed."""
+
+    def purge(self, older_than: float, states: Sequence[State], limit: int) -> int:
+        """Delete up to `limit` jobs in `states` (and their tries) ended `older_than` s ago."""
+
+    def channel_counts(self) -> list[tuple[str, State, int]]:
+        """(channel, state, count) of the jobs not yet finished."""
+
+    def stats(self, days: float) -> list[StatRow]: ...
+
+    def list_workers(self) -> list[WorkerRow]: ...
+
+    # worker side
+    def register_worker(self, worker: WorkerInfo) -> None: ...
+
+    def heartbeat(self, worker_id: str,
+                  running: Sequence[tuple[int, int]]) -> list[int] | None:
+        """Prove this worker alive; return ids of `running` (id, attempt) it no longer owns.
+
+        None means the worker's row is gone (cleaned up while it slept): register again.
+        """
+
+    def stop_worker(self, worker_id: str) -> None: ...
+
+    def claim(self, worker_id: str, limit: int) -> list[ClaimedJob]:
+        """Take up to `limit` ready jobs: state enqueued, attempt + 1, a try row opened."""
+
+    def mark_started(self, worker_id: str, started: Sequence[tuple[int, int, int]]) -> None:
+        """(id, attempt, pid) handed to a child: state started."""
+
+    def finish(self, worker_id: str, finishes: Sequence[Finish]) -> list[int]:
+        """Write settled tries; return the ids whose job row this worker still owned."""
+
+    def save_progress(self, updates: Sequence[Progress]) -> None: ...
+
+    def next_eta(self) -> float | None:
+        """Seconds until the earliest pending job is due (0 if one is due now), None if none.
+
+        Read-only, so an idle worker polls it without taking a write lock.
+        """
+
+    def rescue(self, lease: float) -> list[int]:
+        """Return the tries of workers silent for `lease` s to pending (or failed)."""
+
+    def waker(self) -> Waker: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,178 @@
+"""What both SQL backends share: each operation is a named query plus the same row handling.
+
+A dialect supplies its queries file, how it runs a read and a write, and how times, uuids
+and lists travel; everything else about an operation is written once here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from errand.jobs import (
+    CANCEL_FROM,
+    REQUEUE_FROM,
+    SET_DONE_FROM,
+    AttemptRow,
+    ClaimedJob,
+    Finish,
+    JobRow,
+    NewJob,
+    State,
+    WorkerRow,
+)
+from errand.storage import rows
+from errand.storage.base import Progress, StatRow, WorkerInfo
+
+
+class SqlBackend(ABC):
+    """Operations of `errand.storage.base.Backend` over a dialect's named queries."""
+
+    dialect: str
+    url: str
+    queries: dict[str, list[str]]
+    nested_json: bool
+
+    # -- what a dialect provides -------------------------------------------------------
+
+    @abstractmethod
+    def _read(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a read-only query."""
+
+    @abstractmethod
+    def _write(self, name: str, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+        """Run a named block in one transaction: (rows of its first statement, rowcount)."""
+
+    @abstractmethod
+    def _when(self, value: Any) -> datetime | None:
+        """A stored time as an aware datetime."""
+
+    @abstractmethod
+    def _eta_param(self, value: datetime) -> Any:
+        """An absolute eta as the batch document carries it."""
+
+    @abstractmethod
+    def _list_param(self, values: Sequence[Any]) -> Any:
+        """A list of values (uuids, states) as a query parameter."""
+
+    # -- producer side ---------------------------------------------------------------
+
+    def _enqueue_params(self, jobs: Sequence[NewJob]) -> dict[str, Any]:
+        return {"jobs": rows.new_jobs_document(jobs, self._eta_param, self.nested_json)}
+
+    def _job_rows(self, found: list[tuple[Any, ...]]) -> list[JobRow]:
+        return [rows.job_row(row, self._when, rows.as_uuid) for row in found]
+
+    def get_job(self, uuid: UUID) -> JobRow | None:
+        found = self._read("get_job", {"uuid": self._uuid_param(uuid)})
+        return self._job_rows(found)[0] if found else None
+
+    def list_jobs(self, state: State | None = None, channel: str | None = None,
+                  task: str | None = None, limit: int = 100) -> list[JobRow]:
+        params = {"state": None if state is None else State(state).value, "channel": channel,
+                  "task": task, "limit": limit}
+        return self._job_rows(self._read("list_jobs", params))
+
+    def list_attempts(self, job_id: int) -> list[AttemptRow]:
+        return [rows.attempt_row(row, self._when)
+                for row in self._read("list_attempts", {"job_id": job_id})]
+
+    def _uuid_param(self, uuid: UUID) -> Any:
+        return uuid
+
+    # -- admin -----------------------------------------------------------------------
+
+    def uuids_in_state(self, state: State) -> list[UUID]:
+        return [rows.as_uuid(row[0])
+                for row in self._read("uuids_in_state", {"state": State(state).value})]
+
+    def _change(self, name: str, uuids: Sequence[UUID], allowed: frozenset[State],
+                **extra: Any) -> list[UUID]:
+        if not uuids:
+            return []
+        params = {"uuids": self._list_param([str(u) for u in uuids]),
+                  "from_states": self._list_param(sorted(s.value for s in allowed)), **extra}
+        changed, _ = self._write(name, params)
+        return [rows.as_uuid(row[0]) for row in changed]
+
+    def cancel(self, uuids: Sequence[UUID]) -> list[UUID]:
+        return self._change("cancel_jobs", uuids, CANCEL_FROM)
+
+    def requeue(self, uuids: Sequence[UUID]) -> list[UUID]:
+        return self._change("requeue_jobs", uuids, REQUEUE_FROM)
+
+    def set_done(self, uuids: Sequence[UUID], result: str | None) -> list[UUID]:
+        return self._change("set_jobs_done", uuids, SET_DONE_FROM, result=result)
+
+    def purge(self, older_than: float, states: Sequence[State], limit: int) -> int:
+        params = {"older_than": older_than, "limit": limit,
+                  "states": self._list_param([State(s).value for s in states])}
+        _, count = self._write("purge_jobs", params)
+        return count
+
+    def channel_counts(self) -> list[tuple[str, State, int]]:
+        return [(row[0], State(row[1]), row[2]) for row in self._read("channel_counts", {})]
+
+    def stats(self, days: float) -> list[StatRow]:
+        return [StatRow(task=row[0], state=State(row[1]), count=row[2], avg_duration=row[3],
+                        max_duration=row[4])
+                for row in self._read("stats", {"seconds": days * 86400.0})]
+
+    def list_workers(self) -> list[WorkerRow]:
+        return [rows.worker_row(row, self._when) for row in self._read("list_workers", {})]
+
+    # -- worker side -----------------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        self._write("register_worker", {
+            "id": worker.id, "host": worker.host, "pid": worker.pid,
+            "concurrency": worker.concurrency, "channels": worker.channels,
+            "version": worker.version})
+
+    def heartbeat(self, worker_id: str,
+                  running: Sequence[tuple[int, int]]) -> list[int] | None:
+        touched, _ = self._write("touch_worker", {"worker": worker_id})
+        if not touched:
+            return None
+        if not running:
+            return []
+        document = rows.records_document(("id", "attempt"), running)
+        return [row[0] for row in self._read("lost_jobs",
+                                             {"worker": worker_id, "running": document})]
+
+    def stop_worker(self, worker_id: str) -> None:
+        self._write("stop_worker", {"worker": worker_id})
+
+    def claim(self, worker_id: str, limit: int) -> list[ClaimedJob]:
+        claimed, _ = self._write("claim_jobs", {"worker": worker_id, "limit": limit})
+        return [rows.claimed_job(row, rows.as_uuid) for row in claimed]
+
+    def mark_started(self, worker_id: str, started: Sequence[tuple[int, int, int]]) -> None:
+        if started:
+            document = rows.records_document(("id", "attempt", "pid"), started)
+            self._write("mark_started", {"worker": worker_id, "started": document})
+
+    def finish(self, worker_id: str, finishes: Sequence[Finish]) -> list[int]:
+        if not finishes:
+            return []
+        document = rows.finishes_document(finishes, self.nested_json)
+        applied, _ = self._write("finish_jobs", {"worker": worker_id, "finishes": document})
+        return [row[0] for row in applied]
+
+    def save_progress(self, updates: Sequence[Progress]) -> None:
+        if updates:
+            document = rows.records_document(
+                ("id", "attempt", "percent", "message"),
+                [(u.id, u.attempt, u.percent, u.message) for u in updates])
+            self._write("save_progress", {"updates": document})
+
+    def next_eta(self) -> float | None:
+        value = self._read("next_eta", {})[0][0]
+        return None if value is None else max(float(value), 0.0)
+
+    def rescue(self, lease: float) -> list[int]:
+        rescued, _ = self._write("rescue_jobs", {"lease": lease})
+        return [row[0] for row in rescued]

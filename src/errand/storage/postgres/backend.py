@@ -1,0 +1,238 @@
+"""PostgreSQL storage through psycopg 3: a pool for applications, one connection for a worker.
+
+A worker's supervisor forks its job processes, and a pool runs threads that do not survive
+a fork, so the worker asks for `pooled=False`: one plain connection for its own queries
+(reopened when it breaks) and one more for LISTEN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from errand.errors import ConfigurationError, DatabaseError, SerializationError
+from errand.jobs import JobRow, NewJob
+from errand.storage.common import SqlBackend
+from errand.storage.sqlfile import load_migrations, load_queries
+
+_PACKAGE = "errand.storage.postgres"
+_QUERIES = load_queries(_PACKAGE)
+_MIGRATIONS = load_migrations(_PACKAGE)
+LATEST_VERSION = _MIGRATIONS[-1][0]
+
+# A dead server or network must surface as an error within seconds, not hang a worker.
+_CONNECT_OPTIONS: dict[str, Any] = {
+    "autocommit": True,
+    "connect_timeout": 5,
+    "application_name": "errand",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+
+def describe(url: str) -> str:
+    """The server and database of a URL, without its password, for error messages."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "PostgreSQL (unparsable URL)"
+    host = parts.get("host") or "localhost"
+    port = parts.get("port") or "5432"
+    return f"PostgreSQL at {host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
+class PostgresBackend(SqlBackend):
+    dialect = "postgresql"
+    queries = _QUERIES
+    nested_json = True
+
+    def __init__(self, url: str, *, pooled: bool = True, pool_size: int = 10) -> None:
+        self.url = url
+        self._where = describe(url)
+        self._pool: ConnectionPool | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        with self._connection_error("connect to"):
+            first = psycopg.connect(url, **_CONNECT_OPTIONS)
+        try:
+            self._ensure_schema(first)
+        except BaseException:
+            first.close()
+            raise
+        if pooled:
+            first.close()
+            self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=10,
+                                        kwargs=_CONNECT_OPTIONS, name="errand", open=True)
+        else:
+            self._conn = first
+
+    # -- connections -----------------------------------------------------------------
+
+    @contextmanager
+    def _connection_error(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseError(f"cannot {doing} {self._where}: {reason}") from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._connection_error("use"):
+            if self._pool is not None:
+                with self._pool.connection() as conn:
+                    yield conn
+                return
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                self._conn = psycopg.connect(self.url, **_CONNECT_OPTIONS)
+            yield self._conn
+
+    def _read(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows, _ = self._write(name, params)
+        return rows
+
+    def _write(self, name: str, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+        statements = self.queries[name]
+        with self._connection() as conn:
+            if len(statements) == 1:
+                return _execute(conn, statements[0], params)
+            with conn.transaction():
+                first = _execute(conn, statements[0], params)
+                for statement in statements[1:]:
+                    _execute(conn, statement, params)
+                return first
+
+    # -- schema ----------------------------------------------------------------------
+
+    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        with self._connection_error("read the schema version of"):
+            exists = conn.execute(self.queries["schema_table_exists"][0]).fetchone()
+            version = 0
+            if exists and exists[0]:
+                row = conn.execute(self.queries["schema_version"][0]).fetchone()
+                version = row[0] if row else 0
+        if version > LATEST_VERSION:
+            raise ConfigurationError(
+                f"the errand schema in {self._where} is version {version}, newer than this "
+                f"errand knows ({LATEST_VERSION}); upgrade errand")
+        if version < LATEST_VERSION:
+            self._migrate(conn)
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
+        applied = []
+        with self._connection_error("migrate"), conn.transaction():
+            conn.execute(self.queries["lock_schema"][0])
+            conn.execute(self.queries["create_schema_table"][0])
+            row = conn.execute(self.queries["schema_version"][0]).fetchone()
+            current = row[0] if row else 0
+            for version, sql in _MIGRATIONS:
+                if version > current:
+                    conn.execute(sql.encode())
+                    conn.execute(self.queries["record_version"][0], {"version": version})
+                    applied.append(version)
+        return applied
+
+    def migrate(self) -> list[int]:
+        with self._connection() as conn:
+            return self._migrate(conn)
+
+    def schema_version(self) -> int:
+        rows = self._read("schema_version", {})
+        return int(rows[0][0])
+
+    # -- dialect details -------------------------------------------------------------
+
+    def _when(self, value: Any) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def _eta_param(self, value: datetime) -> Any:
+        return value.astimezone(UTC).isoformat()
+
+    def _list_param(self, values: Sequence[Any]) -> Any:
+        return list(values)
+
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
+        if not jobs:
+            return []
+        params = self._enqueue_params(jobs)
+        try:
+            if connection is None:
+                found, _ = self._write("enqueue_jobs", params)
+            else:
+                found = self._enqueue_on(connection, params)
+        except pg_errors.UntranslatableCharacter as exc:
+            raise SerializationError(
+                "an argument contains a NUL character (\\u0000), which PostgreSQL cannot "
+                "store in JSON") from exc
+        return self._job_rows(found)
+
+    def _enqueue_on(self, connection: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Insert in the caller's transaction: the jobs commit or roll back with it."""
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= must be a psycopg Connection when the app uses PostgreSQL, "
+                f"got {type(connection).__module__}.{type(connection).__qualname__}")
+        with self._connection_error("enqueue on the given connection to"):
+            rows, _ = _execute(connection, self.queries["enqueue_jobs"][0], params)
+        return rows
+
+    def waker(self) -> PostgresWaker:
+        return PostgresWaker(self.url, self._where)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _execute(conn: psycopg.Connection[Any], sql: str,
+             params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall() if cur.description is not None else []
+        return rows, cur.rowcount
+
+
+class PostgresWaker:
+    """LISTENs on its own connection; readable when jobs are ready or a cancel happened."""
+
+    poll_interval = 1.0
+
+    def __init__(self, url: str, where: str) -> None:
+        self._where = where
+        try:
+            self._conn = psycopg.connect(url, **_CONNECT_OPTIONS)
+            self._conn.execute("LISTEN errand_jobs")
+            self._conn.execute("LISTEN errand_control")
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"cannot listen on {where}: {exc}") from exc
+
+    def fileno(self) -> int | None:
+        return self._conn.fileno()
+
+    def check(self) -> tuple[bool, bool]:
+        work = control = False
+        try:
+            for notify in self._conn.notifies(timeout=0):
+                if notify.channel == "errand_control":
+                    control = True
+                else:
+                    work = True
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"lost the LISTEN connection to {self._where}: {exc}") from exc
+        return work, control
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,262 @@
+-- Every statement errand sends to PostgreSQL. Blocks are named (`-- name: x`); the SQLite
+-- file defines the same names. Batches arrive as one JSON document, unpacked with
+-- jsonb_to_recordset, so one statement (one round trip) handles any number of jobs.
+
+-- name: schema_table_exists
+SELECT to_regclass('errand_schema_version') IS NOT NULL;
+
+-- name: create_schema_table
+CREATE TABLE IF NOT EXISTS errand_schema_version (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: lock_schema
+SELECT pg_advisory_xact_lock(hashtext('errand'), 1);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM errand_schema_version;
+
+-- name: record_version
+INSERT INTO errand_schema_version (version) VALUES (%(version)s);
+
+-- name: enqueue_jobs
+INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
+                         context, max_retries, retry_pattern, timeout)
+SELECT j.uuid, j.task, j.description, 'pending', j.channel, j.priority,
+       coalesce(j.eta_at, now() + make_interval(secs => j.eta_in)),
+       j.args, j.kwargs, j.context, j.max_retries, j.retry_pattern, j.timeout
+FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(
+    uuid uuid, task text, description text, channel text, priority integer,
+    eta_at timestamptz, eta_in double precision, args jsonb, kwargs jsonb, context jsonb,
+    max_retries integer, retry_pattern jsonb, timeout double precision)
+RETURNING id, uuid, task, description, state, channel, priority, eta, args::text,
+          kwargs::text, context::text, max_retries, retries, retry_pattern::text, timeout,
+          attempt, result::text, error_type, error_message, progress, status_message,
+          worker_id, created_at, started_at, ended_at;
+
+-- name: get_job
+SELECT id, uuid, task, description, state, channel, priority, eta, args::text, kwargs::text,
+       context::text, max_retries, retries, retry_pattern::text, timeout, attempt,
+       result::text, error_type, error_message, progress, status_message, worker_id,
+       created_at, started_at, ended_at
+FROM errand_jobs WHERE uuid = %(uuid)s;
+
+-- name: list_jobs
+SELECT id, uuid, task, description, state, channel, priority, eta, args::text, kwargs::text,
+       context::text, max_retries, retries, retry_pattern::text, timeout, attempt,
+       result::text, error_type, error_message, progress, status_message, worker_id,
+       created_at, started_at, ended_at
+FROM errand_jobs
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(channel)s::text IS NULL OR channel = %(channel)s::text
+       OR left(channel, length(%(channel)s::text) + 1) = %(channel)s::text || '.')
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: list_attempts
+SELECT job_id, attempt, worker_id, pid, started_at, ended_at, duration, outcome, result::text,
+       error_type, error_message, traceback, memory_mb
+FROM errand_attempts WHERE job_id = %(job_id)s ORDER BY attempt;
+
+-- name: uuids_in_state
+SELECT uuid FROM errand_jobs WHERE state = %(state)s ORDER BY id;
+
+-- name: cancel_jobs
+WITH cancelled AS (
+    UPDATE errand_jobs
+    SET state = 'cancelled', ended_at = now()
+    WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+    RETURNING uuid
+)
+SELECT uuid, pg_notify('errand_control', 'cancel') FROM cancelled;
+
+-- name: requeue_jobs
+UPDATE errand_jobs
+SET state = 'pending', eta = now(), retries = 0, result = NULL, error_type = NULL,
+    error_message = NULL, progress = 0, status_message = NULL, ended_at = NULL
+WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+RETURNING uuid;
+
+-- name: set_jobs_done
+UPDATE errand_jobs
+SET state = 'done', result = %(result)s::jsonb, error_type = NULL, error_message = NULL,
+    progress = 100, ended_at = now()
+WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+RETURNING uuid;
+
+-- name: purge_jobs
+DELETE FROM errand_jobs
+WHERE id IN (SELECT id FROM errand_jobs
+             WHERE state = ANY(%(states)s::text[])
+               AND ended_at < now() - make_interval(secs => %(older_than)s)
+             LIMIT %(limit)s);
+
+-- name: channel_counts
+SELECT channel, state, count(*)
+FROM errand_jobs
+WHERE state IN ('wait_dependencies', 'pending', 'enqueued', 'started')
+GROUP BY channel, state
+ORDER BY channel, state;
+
+-- name: stats
+SELECT task, state, count(*),
+       avg(extract(epoch FROM ended_at - started_at))::double precision,
+       max(extract(epoch FROM ended_at - started_at))::double precision
+FROM errand_jobs
+WHERE created_at >= now() - make_interval(secs => %(seconds)s)
+GROUP BY task, state
+ORDER BY task, state;
+
+-- name: list_workers
+SELECT w.id, w.host, w.pid, w.started_at, w.heartbeat_at,
+       extract(epoch FROM now() - w.heartbeat_at)::double precision,
+       w.concurrency, w.state, w.jobs_done,
+       (SELECT count(*) FROM errand_jobs j
+        WHERE j.worker_id = w.id AND j.state IN ('enqueued', 'started'))
+FROM errand_workers w
+ORDER BY w.started_at DESC;
+
+-- name: register_worker
+INSERT INTO errand_workers (id, host, pid, concurrency, channels, version, state)
+VALUES (%(id)s, %(host)s, %(pid)s, %(concurrency)s, %(channels)s, %(version)s, 'running')
+ON CONFLICT (id) DO UPDATE SET state = 'running', heartbeat_at = now();
+
+-- name: touch_worker
+UPDATE errand_workers SET heartbeat_at = now(), state = 'running'
+WHERE id = %(worker)s
+RETURNING id;
+
+-- name: lost_jobs
+SELECT r.id
+FROM jsonb_to_recordset(%(running)s::jsonb) AS r(id bigint, attempt integer)
+LEFT JOIN errand_jobs j
+       ON j.id = r.id AND j.attempt = r.attempt AND j.worker_id = %(worker)s
+      AND j.state IN ('enqueued', 'started')
+WHERE j.id IS NULL;
+
+-- name: stop_worker
+UPDATE errand_workers SET state = 'stopped', heartbeat_at = now() WHERE id = %(worker)s;
+
+-- name: claim_jobs
+WITH picked AS MATERIALIZED (
+    SELECT id FROM errand_jobs
+    WHERE state = 'pending' AND eta <= now()
+    ORDER BY priority, eta, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE errand_jobs AS j
+    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s,
+        enqueued_at = now(), progress = 0, status_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.id, j.uuid, j.task, j.args::text AS args, j.kwargs::text AS kwargs,
+              j.context::text AS context, j.attempt, j.retries, j.max_retries,
+              j.retry_pattern::text AS retry_pattern, j.timeout, j.channel, j.priority, j.eta
+), tries AS (
+    INSERT INTO errand_attempts (job_id, attempt, worker_id)
+    SELECT id, attempt, %(worker)s FROM claimed
+)
+SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
+       timeout, channel
+FROM claimed
+ORDER BY priority, eta, id;
+
+-- name: mark_started
+WITH s AS (
+    SELECT * FROM jsonb_to_recordset(%(started)s::jsonb) AS s(id bigint, attempt integer,
+                                                              pid integer)
+), jobs AS (
+    UPDATE errand_jobs AS j SET state = 'started', started_at = now()
+    FROM s
+    WHERE j.id = s.id AND j.attempt = s.attempt AND j.worker_id = %(worker)s
+      AND j.state = 'enqueued'
+)
+UPDATE errand_attempts AS a SET started_at = now(), pid = s.pid
+FROM s
+WHERE a.job_id = s.id AND a.attempt = s.attempt AND a.outcome IS NULL;
+
+-- name: finish_jobs
+WITH f AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(%(finishes)s::jsonb) AS f(
+        id bigint, attempt integer, state text, outcome text, retries integer,
+        delay double precision, result jsonb, error_type text, error_message text,
+        traceback text, duration double precision, memory_mb double precision)
+), tries AS (
+    UPDATE errand_attempts AS a
+    SET ended_at = now(), outcome = f.outcome, result = f.result, error_type = f.error_type,
+        error_message = f.error_message, traceback = f.traceback, duration = f.duration,
+        memory_mb = f.memory_mb
+    FROM f
+    WHERE a.job_id = f.id AND a.attempt = f.attempt AND a.outcome IS NULL
+), jobs AS (
+    UPDATE errand_jobs AS j
+    SET state = f.state,
+        retries = f.retries,
+        eta = CASE WHEN f.state = 'pending' THEN now() + make_interval(secs => f.delay)
+                   ELSE j.eta END,
+        result = CASE WHEN f.state = 'done' THEN f.result END,
+        error_type = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_type END,
+        error_message = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_message END,
+        progress = CASE WHEN f.state = 'done' THEN 100 ELSE j.progress END,
+        ended_at = CASE WHEN f.state IN ('done', 'failed', 'cancelled') THEN now() END
+    FROM f
+    WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = %(worker)s
+      AND j.state IN ('enqueued', 'started')
+    RETURNING j.id
+), counted AS (
+    UPDATE errand_workers SET jobs_done = jobs_done + (SELECT count(*) FROM jobs)
+    WHERE id = %(worker)s
+)
+SELECT id FROM jobs;
+
+-- name: save_progress
+UPDATE errand_jobs AS j SET progress = p.percent, status_message = p.message
+FROM jsonb_to_recordset(%(updates)s::jsonb) AS p(id bigint, attempt integer, percent integer,
+                                                 message text)
+WHERE j.id = p.id AND j.attempt = p.attempt AND j.state IN ('enqueued', 'started');
+
+-- name: next_eta
+SELECT extract(epoch FROM min(eta) - now())::double precision
+FROM errand_jobs WHERE state = 'pending';
+
+-- name: rescue_jobs
+WITH elected AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(hashtext('errand'), 2) AS won
+), live AS MATERIALIZED (
+    SELECT id FROM errand_workers
+    WHERE state = 'running' AND heartbeat_at >= now() - make_interval(secs => %(lease)s)
+), orphans AS MATERIALIZED (
+    SELECT j.id, j.attempt, j.worker_id,
+           j.max_retries > 0 AND j.retries >= j.max_retries AS exhausted
+    FROM errand_jobs j
+    WHERE j.state IN ('enqueued', 'started') AND (SELECT won FROM elected)
+      AND j.worker_id NOT IN (SELECT id FROM live)
+    FOR UPDATE OF j SKIP LOCKED
+), rescued AS (
+    UPDATE errand_jobs AS j
+    SET state = CASE WHEN o.exhausted THEN 'failed' ELSE 'pending' END,
+        retries = CASE WHEN o.exhausted THEN j.retries ELSE j.retries + 1 END,
+        eta = now(),
+        ended_at = CASE WHEN o.exhausted THEN now() END,
+        error_type = 'WorkerLost',
+        error_message = 'worker ' || coalesce(o.worker_id, '?')
+                        || ' stopped heartbeating during try ' || o.attempt
+    FROM orphans o WHERE j.id = o.id
+    RETURNING j.id
+), closed AS (
+    UPDATE errand_attempts AS a
+    SET outcome = 'interrupted', ended_at = now(), error_type = 'WorkerLost',
+        error_message = 'worker ' || coalesce(a.worker_id, '?') || ' stopped heartbeating'
+    WHERE a.outcome IS NULL AND (SELECT won FROM elected)
+      AND a.worker_id NOT IN (SELECT id FROM live)
+), buried AS (
+    UPDATE errand_workers SET state = 'dead'
+    WHERE state = 'running' AND id NOT IN (SELECT id FROM live) AND (SELECT won FROM elected)
+), forgotten AS (
+    DELETE FROM errand_workers
+    WHERE state IN ('dead', 'stopped') AND heartbeat_at < now() - interval '1 day'
+      AND (SELECT won FROM elected)
+)
+SELECT id FROM rescued;

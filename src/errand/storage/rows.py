@@ -1,0 +1,109 @@
+"""Build the rows of `errand.jobs` from database tuples, and the JSON batches sent down.
+
+Both dialects select the same columns in the same order; only the way a time or a uuid
+arrives differs, so each backend passes its converters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from errand.jobs import (
+    AttemptRow,
+    ClaimedJob,
+    Finish,
+    JobRow,
+    NewJob,
+    Outcome,
+    State,
+    WorkerRow,
+)
+
+Convert = Callable[[Any], Any]
+
+
+def job_row(row: Sequence[Any], when: Convert, uuid: Convert) -> JobRow:
+    return JobRow(
+        id=row[0], uuid=uuid(row[1]), task=row[2], description=row[3], state=State(row[4]),
+        channel=row[5], priority=row[6], eta=when(row[7]), args=row[8], kwargs=row[9],
+        context=row[10], max_retries=row[11], retries=row[12], retry_pattern=row[13],
+        timeout=row[14], attempt=row[15], result=row[16], error_type=row[17],
+        error_message=row[18], progress=row[19], status_message=row[20], worker_id=row[21],
+        created_at=when(row[22]), started_at=when(row[23]), ended_at=when(row[24]))
+
+
+def attempt_row(row: Sequence[Any], when: Convert) -> AttemptRow:
+    return AttemptRow(
+        job_id=row[0], attempt=row[1], worker_id=row[2], pid=row[3], started_at=when(row[4]),
+        ended_at=when(row[5]), duration=row[6], outcome=Outcome(row[7]) if row[7] else None,
+        result=row[8], error_type=row[9], error_message=row[10], traceback=row[11],
+        memory_mb=row[12])
+
+
+def claimed_job(row: Sequence[Any], uuid: Convert) -> ClaimedJob:
+    return ClaimedJob(
+        id=row[0], uuid=uuid(row[1]), task=row[2], args=row[3], kwargs=row[4], context=row[5],
+        attempt=row[6], retries=row[7], max_retries=row[8], retry_pattern=row[9],
+        timeout=row[10], channel=row[11])
+
+
+def worker_row(row: Sequence[Any], when: Convert) -> WorkerRow:
+    return WorkerRow(
+        id=row[0], host=row[1], pid=row[2], started_at=when(row[3]), heartbeat_at=when(row[4]),
+        heartbeat_age=row[5], concurrency=row[6], state=row[7], jobs_done=row[8],
+        running=row[9])
+
+
+def _embed(text: str | None, nested: bool) -> str:
+    """Place stored JSON text in a batch document: as JSON itself, or as a JSON string.
+
+    PostgreSQL unpacks nested JSON into jsonb columns; SQLite's json_extract would unquote
+    a nested string, so SQLite gets the text as a string and stores it verbatim.
+    """
+    if text is None:
+        return "null"
+    return text if nested else json.dumps(text, ensure_ascii=False)
+
+
+def new_jobs_document(jobs: Sequence[NewJob], eta_at: Callable[[datetime], Any],
+                      nested: bool) -> str:
+    """One JSON array of the jobs to insert; arguments (already JSON) are spliced in."""
+    parts = []
+    for job in jobs:
+        scalars = json.dumps({
+            "uuid": str(job.uuid), "task": job.task, "description": job.description,
+            "channel": job.channel, "priority": job.priority,
+            "eta_at": None if job.eta_at is None else eta_at(job.eta_at),
+            "eta_in": job.eta_in, "max_retries": job.max_retries,
+            "timeout": job.timeout,
+        }, ensure_ascii=False)
+        parts.append(
+            f'{scalars[:-1]},"args":{_embed(job.args, nested)},'
+            f'"kwargs":{_embed(job.kwargs, nested)},"context":{_embed(job.context, nested)},'
+            f'"retry_pattern":{_embed(job.retry_pattern, nested)}}}')
+    return "[" + ",".join(parts) + "]"
+
+
+def finishes_document(finishes: Sequence[Finish], nested: bool) -> str:
+    parts = []
+    for f in finishes:
+        scalars = json.dumps({
+            "id": f.id, "attempt": f.attempt, "state": f.state.value,
+            "outcome": f.outcome.value, "retries": f.retries, "delay": f.delay,
+            "error_type": f.error_type, "error_message": f.error_message,
+            "traceback": f.traceback, "duration": f.duration, "memory_mb": f.memory_mb,
+        }, ensure_ascii=False)
+        parts.append(f'{scalars[:-1]},"result":{_embed(f.result, nested)}}}')
+    return "[" + ",".join(parts) + "]"
+
+
+def records_document(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return json.dumps([dict(zip(names, row, strict=True)) for row in rows], ensure_ascii=False)
+
+
+def as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)

@@ -1,0 +1,271 @@
+-- Every statement errand sends to SQLite. Blocks are named (`-- name: x`) like the
+-- PostgreSQL file; a block may hold several statements, run in one transaction, and its
+-- first statement's rows are its result. Times are epoch seconds from SQLite's clock:
+-- (julianday('now') - 2440587.5) * 86400.0. Batches arrive as one JSON document.
+
+-- name: schema_table_exists
+SELECT count(*) > 0 FROM sqlite_master
+WHERE type = 'table' AND name = 'errand_schema_version';
+
+-- name: create_schema_table
+CREATE TABLE IF NOT EXISTS errand_schema_version (
+    version    INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+
+-- name: lock_schema
+BEGIN IMMEDIATE;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM errand_schema_version;
+
+-- name: record_version
+INSERT INTO errand_schema_version (version, applied_at)
+VALUES (:version, (julianday('now') - 2440587.5) * 86400.0);
+
+-- name: enqueue_jobs
+INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
+                         context, max_retries, retry_pattern, timeout, created_at)
+SELECT json_extract(j.value, '$.uuid'), json_extract(j.value, '$.task'),
+       json_extract(j.value, '$.description'), 'pending', json_extract(j.value, '$.channel'),
+       json_extract(j.value, '$.priority'),
+       coalesce(json_extract(j.value, '$.eta_at'),
+                (julianday('now') - 2440587.5) * 86400.0 + json_extract(j.value, '$.eta_in')),
+       json_extract(j.value, '$.args'), json_extract(j.value, '$.kwargs'),
+       json_extract(j.value, '$.context'), json_extract(j.value, '$.max_retries'),
+       json_extract(j.value, '$.retry_pattern'), json_extract(j.value, '$.timeout'),
+       (julianday('now') - 2440587.5) * 86400.0
+FROM json_each(:jobs) AS j
+RETURNING id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
+          max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
+          error_message, progress, status_message, worker_id, created_at, started_at,
+          ended_at;
+
+-- name: get_job
+SELECT id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
+       max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
+       error_message, progress, status_message, worker_id, created_at, started_at, ended_at
+FROM errand_jobs WHERE uuid = :uuid;
+
+-- name: list_jobs
+SELECT id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
+       max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
+       error_message, progress, status_message, worker_id, created_at, started_at, ended_at
+FROM errand_jobs
+WHERE (:state IS NULL OR state = :state)
+  AND (:channel IS NULL OR channel = :channel
+       OR substr(channel, 1, length(:channel) + 1) = :channel || '.')
+  AND (:task IS NULL OR task = :task)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_attempts
+SELECT job_id, attempt, worker_id, pid, started_at, ended_at, duration, outcome, result,
+       error_type, error_message, traceback, memory_mb
+FROM errand_attempts WHERE job_id = :job_id ORDER BY attempt;
+
+-- name: uuids_in_state
+SELECT uuid FROM errand_jobs WHERE state = :state ORDER BY id;
+
+-- name: cancel_jobs
+UPDATE errand_jobs
+SET state = 'cancelled', ended_at = (julianday('now') - 2440587.5) * 86400.0
+WHERE uuid IN (SELECT value FROM json_each(:uuids))
+  AND state IN (SELECT value FROM json_each(:from_states))
+RETURNING uuid;
+
+-- name: requeue_jobs
+UPDATE errand_jobs
+SET state = 'pending', eta = (julianday('now') - 2440587.5) * 86400.0, retries = 0,
+    result = NULL, error_type = NULL, error_message = NULL, progress = 0,
+    status_message = NULL, ended_at = NULL
+WHERE uuid IN (SELECT value FROM json_each(:uuids))
+  AND state IN (SELECT value FROM json_each(:from_states))
+RETURNING uuid;
+
+-- name: set_jobs_done
+UPDATE errand_jobs
+SET state = 'done', result = :result, error_type = NULL, error_message = NULL,
+    progress = 100, ended_at = (julianday('now') - 2440587.5) * 86400.0
+WHERE uuid IN (SELECT value FROM json_each(:uuids))
+  AND state IN (SELECT value FROM json_each(:from_states))
+RETURNING uuid;
+
+-- name: purge_jobs
+DELETE FROM errand_jobs
+WHERE id IN (SELECT id FROM errand_jobs
+             WHERE state IN (SELECT value FROM json_each(:states))
+               AND ended_at < (julianday('now') - 2440587.5) * 86400.0 - :older_than
+             LIMIT :limit);
+
+-- name: channel_counts
+SELECT channel, state, count(*)
+FROM errand_jobs
+WHERE state IN ('wait_dependencies', 'pending', 'enqueued', 'started')
+GROUP BY channel, state
+ORDER BY channel, state;
+
+-- name: stats
+SELECT task, state, count(*), avg(ended_at - started_at), max(ended_at - started_at)
+FROM errand_jobs
+WHERE created_at >= (julianday('now') - 2440587.5) * 86400.0 - :seconds
+GROUP BY task, state
+ORDER BY task, state;
+
+-- name: list_workers
+SELECT w.id, w.host, w.pid, w.started_at, w.heartbeat_at,
+       (julianday('now') - 2440587.5) * 86400.0 - w.heartbeat_at,
+       w.concurrency, w.state, w.jobs_done,
+       (SELECT count(*) FROM errand_jobs j
+        WHERE j.worker_id = w.id AND j.state IN ('enqueued', 'started'))
+FROM errand_workers w
+ORDER BY w.started_at DESC;
+
+-- name: register_worker
+INSERT INTO errand_workers (id, host, pid, concurrency, channels, version, state, started_at,
+                            heartbeat_at)
+VALUES (:id, :host, :pid, :concurrency, :channels, :version, 'running',
+        (julianday('now') - 2440587.5) * 86400.0, (julianday('now') - 2440587.5) * 86400.0)
+ON CONFLICT (id) DO UPDATE
+SET state = 'running', heartbeat_at = (julianday('now') - 2440587.5) * 86400.0;
+
+-- name: touch_worker
+UPDATE errand_workers
+SET heartbeat_at = (julianday('now') - 2440587.5) * 86400.0, state = 'running'
+WHERE id = :worker
+RETURNING id;
+
+-- name: lost_jobs
+SELECT json_extract(r.value, '$.id')
+FROM json_each(:running) AS r
+LEFT JOIN errand_jobs j
+       ON j.id = json_extract(r.value, '$.id') AND j.attempt = json_extract(r.value, '$.attempt')
+      AND j.worker_id = :worker AND j.state IN ('enqueued', 'started')
+WHERE j.id IS NULL;
+
+-- name: stop_worker
+UPDATE errand_workers
+SET state = 'stopped', heartbeat_at = (julianday('now') - 2440587.5) * 86400.0
+WHERE id = :worker;
+
+-- name: claim_jobs
+UPDATE errand_jobs
+SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
+    enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0,
+    status_message = NULL
+WHERE id IN (SELECT id FROM errand_jobs
+             WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
+             ORDER BY priority, eta, id
+             LIMIT :limit)
+RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
+          timeout, channel;
+-- Open a try row for each job just claimed (this worker's enqueued jobs without one).
+INSERT INTO errand_attempts (job_id, attempt, worker_id)
+SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
+WHERE j.worker_id = :worker AND j.state = 'enqueued'
+  AND NOT EXISTS (SELECT 1 FROM errand_attempts a
+                  WHERE a.job_id = j.id AND a.attempt = j.attempt);
+
+-- name: mark_started
+UPDATE errand_jobs
+SET state = 'started', started_at = (julianday('now') - 2440587.5) * 86400.0
+FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt
+      FROM json_each(:started)) AS s
+WHERE errand_jobs.id = s.id AND errand_jobs.attempt = s.attempt
+  AND errand_jobs.worker_id = :worker AND errand_jobs.state = 'enqueued';
+UPDATE errand_attempts
+SET started_at = (julianday('now') - 2440587.5) * 86400.0, pid = s.pid
+FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.pid') AS pid
+      FROM json_each(:started)) AS s
+WHERE errand_attempts.job_id = s.id AND errand_attempts.attempt = s.attempt
+  AND errand_attempts.outcome IS NULL;
+
+-- name: finish_jobs
+UPDATE errand_jobs
+SET state = f.state,
+    retries = f.retries,
+    eta = CASE WHEN f.state = 'pending'
+               THEN (julianday('now') - 2440587.5) * 86400.0 + f.delay
+               ELSE errand_jobs.eta END,
+    result = CASE WHEN f.state = 'done' THEN f.result END,
+    error_type = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_type END,
+    error_message = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_message END,
+    progress = CASE WHEN f.state = 'done' THEN 100 ELSE errand_jobs.progress END,
+    ended_at = CASE WHEN f.state IN ('done', 'failed', 'cancelled')
+                    THEN (julianday('now') - 2440587.5) * 86400.0 END
+FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.state') AS state,
+             json_extract(value, '$.retries') AS retries,
+             json_extract(value, '$.delay') AS delay,
+             json_extract(value, '$.result') AS result,
+             json_extract(value, '$.error_type') AS error_type,
+             json_extract(value, '$.error_message') AS error_message
+      FROM json_each(:finishes)) AS f
+WHERE errand_jobs.id = f.id AND errand_jobs.attempt = f.attempt
+  AND errand_jobs.worker_id = :worker AND errand_jobs.state IN ('enqueued', 'started')
+RETURNING id;
+-- changes() still counts the job rows the statement above updated.
+UPDATE errand_workers SET jobs_done = jobs_done + changes() WHERE id = :worker;
+UPDATE errand_attempts
+SET ended_at = (julianday('now') - 2440587.5) * 86400.0, outcome = f.outcome,
+    result = f.result, error_type = f.error_type, error_message = f.error_message,
+    traceback = f.traceback, duration = f.duration, memory_mb = f.memory_mb
+FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.outcome') AS outcome,
+             json_extract(value, '$.result') AS result,
+             json_extract(value, '$.error_type') AS error_type,
+             json_extract(value, '$.error_message') AS error_message,
+             json_extract(value, '$.traceback') AS traceback,
+             json_extract(value, '$.duration') AS duration,
+             json_extract(value, '$.memory_mb') AS memory_mb
+      FROM json_each(:finishes)) AS f
+WHERE errand_attempts.job_id = f.id AND errand_attempts.attempt = f.attempt
+  AND errand_attempts.outcome IS NULL;
+
+-- name: save_progress
+UPDATE errand_jobs
+SET progress = p.percent, status_message = p.message
+FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.percent') AS percent,
+             json_extract(value, '$.message') AS message
+      FROM json_each(:updates)) AS p
+WHERE errand_jobs.id = p.id AND errand_jobs.attempt = p.attempt
+  AND errand_jobs.state IN ('enqueued', 'started');
+
+-- name: next_eta
+SELECT max(min(eta) - (julianday('now') - 2440587.5) * 86400.0, 0.0)
+FROM errand_jobs WHERE state = 'pending';
+
+-- name: rescue_jobs
+-- One writer at a time (BEGIN IMMEDIATE), so no election is needed here.
+UPDATE errand_jobs
+SET state = CASE WHEN max_retries > 0 AND retries >= max_retries THEN 'failed'
+                 ELSE 'pending' END,
+    retries = CASE WHEN max_retries > 0 AND retries >= max_retries THEN retries
+                   ELSE retries + 1 END,
+    eta = (julianday('now') - 2440587.5) * 86400.0,
+    ended_at = CASE WHEN max_retries > 0 AND retries >= max_retries
+                    THEN (julianday('now') - 2440587.5) * 86400.0 END,
+    error_type = 'WorkerLost',
+    error_message = 'worker ' || coalesce(worker_id, '?')
+                    || ' stopped heartbeating during try ' || attempt
+WHERE state IN ('enqueued', 'started')
+  AND worker_id NOT IN (SELECT id FROM errand_workers
+                        WHERE state = 'running'
+                          AND heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease)
+RETURNING id;
+UPDATE errand_attempts
+SET outcome = 'interrupted', ended_at = (julianday('now') - 2440587.5) * 86400.0,
+    error_type = 'WorkerLost',
+    error_message = 'worker ' || coalesce(worker_id, '?') || ' stopped heartbeating'
+WHERE outcome IS NULL
+  AND worker_id NOT IN (SELECT id FROM errand_workers
+                        WHERE state = 'running'
+                          AND heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease);
+UPDATE errand_workers SET state = 'dead'
+WHERE state = 'running'
+  AND heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - :lease;
+DELETE FROM errand_workers
+WHERE state IN ('dead', 'stopped')
+  AND heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - 86400.0;
