@@ -10,6 +10,7 @@ from rich.table import Table
 
 from errand import ops, serialization
 from errand.app import App
+from errand.channels import parse_channels
 from errand.cli import render
 from errand.cli.appload import load_app
 from errand.cli.jobs import parse_duration
@@ -28,8 +29,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, help="job processes (default: "
                                                         "$ERRAND_CONCURRENCY, else CPU count)")
     parser.add_argument("--burst", action="store_true", help="exit once no job is ready")
-    parser.add_argument("--duration", type=parse_duration,
-                        help="exit after this long (90s, 15m, 2h)")
+    parser.add_argument("--duration", help="exit after this long (90s, 15m, 2h)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"], help="(default: info)")
 
@@ -39,7 +39,7 @@ def add_enqueue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--args", default="[]", help="positional arguments, a JSON array")
     parser.add_argument("--kwargs", default="{}", help="keyword arguments, a JSON object")
     parser.add_argument("--priority", type=int, help="lower runs first (default: the task's)")
-    parser.add_argument("--eta", type=parse_duration, help="not before this long from now")
+    parser.add_argument("--eta", help="not before this long from now (90s, 15m, 2h)")
     parser.add_argument("--channel", help="channel (default: the task's)")
     add_json(parser)
 
@@ -74,8 +74,11 @@ def _worker(app: App, args: argparse.Namespace) -> int:
     logging.getLogger("errand").setLevel(args.log_level.upper())
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
+    duration = None if args.duration is None else parse_duration(args.duration, "--duration")
+    if args.channels is not None:
+        parse_channels(args.channels)  # a typo is an error now, not a silent default
     worker = Worker(app, concurrency=args.concurrency, burst=args.burst,
-                    duration=args.duration, channels=args.channels)
+                    duration=duration, channels=args.channels)
     return worker.run()
 
 
@@ -85,7 +88,7 @@ def _json_argument(text: str, option: str, kind: type) -> Any:
     except ValueError as exc:
         raise ConfigurationError(f"{option} is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
-        expected = "an array" if kind is list else "an object"
+        expected = "array" if kind is list else "object"
         raise ConfigurationError(f"{option} must be a JSON {expected}, got {text!r}")
     return value
 
@@ -97,7 +100,7 @@ def _enqueue(app: App, args: argparse.Namespace) -> int:
     if args.priority is not None:
         options["priority"] = args.priority
     if args.eta is not None:
-        options["eta"] = args.eta
+        options["eta"] = parse_duration(args.eta, "--eta")
     if args.channel is not None:
         options["channel"] = args.channel
     job = app.enqueue(args.name, positional, keywords, **options)
@@ -167,6 +170,9 @@ def _channels(app: App, args: argparse.Namespace) -> int:
 
 
 def _stats(app: App, args: argparse.Namespace) -> int:
+    if not 0 < args.days <= 36500:  # also refuses nan
+        raise ConfigurationError(
+            f"--days must be more than 0 and at most 36500, got {args.days:g}")
     stats = ops.task_stats(app.backend.stats(args.days))
     if args.json:
         render.print_json([{

@@ -19,13 +19,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str) -> float:
-    """`30d`, `12h`, `15m`, `90s` or plain seconds."""
+_LONGEST = 100 * 365 * 86400  # beyond this, times overflow the databases' date types
+
+
+def parse_duration(text: str, option: str = "duration") -> float:
+    """`30d`, `12h`, `15m`, `90s` or plain seconds.
+
+    Parsed by the command, not by argparse, so a bad value is one `errand: error:` line.
+    """
     match = _DURATION.match(text)
     if not match:
         raise ConfigurationError(
-            f"{text!r} is not a duration; write it like 30d, 12h, 15m or 90s")
-    return float(match.group(1)) * _UNIT[match.group(2)]
+            f"{option}: {text!r} is not a duration; write it like 30d, 12h, 15m or 90s")
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if seconds > _LONGEST:
+        raise ConfigurationError(f"{option}: {text!r} is too long; at most 100 years")
+    return seconds
 
 
 def parse_states(text: str) -> list[State]:
@@ -73,9 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser,
         sub.add_argument("--json", action="store_true", help="print JSON")
 
     purge = action("purge", "delete old finished jobs and their tries")
-    purge.add_argument("--older-than", required=True, type=parse_duration,
+    purge.add_argument("--older-than", required=True,
                        help="age since the job ended: 30d, 12h, 15m, 90s")
-    purge.add_argument("--state", type=parse_states, default=[State.DONE, State.CANCELLED],
+    purge.add_argument("--state", default="done,cancelled",
                        help="finished states to delete, comma-separated (default: "
                             "done,cancelled)")
     purge.add_argument("--json", action="store_true", help="print JSON")
@@ -92,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 def _list(app: Any, args: argparse.Namespace) -> int:
     if args.state is not None:
         parse_states(args.state)
+    if args.limit < 1:
+        raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
     jobs = app.jobs(state=args.state, channel=args.channel, task=args.task, limit=args.limit)
     if args.json:
         render.print_json([render.job_dict(job) for job in jobs])
@@ -120,7 +131,8 @@ def _change(app: Any, args: argparse.Namespace) -> int:
         raise ConfigurationError(f"jobs {args.action} takes job UUIDs or --state, not both "
                                  "nor neither")
     if args.state:
-        uuids = app.backend.uuids_in_state(parse_states(args.state)[0])
+        uuids = [uuid for state in parse_states(args.state)
+                 for uuid in app.backend.uuids_in_state(state)]
     else:
         uuids = [ops.parse_uuid(text) for text in args.uuids]
     result = None
@@ -142,10 +154,14 @@ def _change(app: Any, args: argparse.Namespace) -> int:
 
 
 def _purge(app: Any, args: argparse.Namespace) -> int:
+    older_than = parse_duration(args.older_than, "--older-than")
+    states = parse_states(args.state)
+    # Disabled when piped: the spinner is for people, and would leave a blank line.
     with Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                  console=render.console, transient=True) as progress:
+                  console=render.console, transient=True,
+                  disable=not render.console.is_terminal) as progress:
         bar = progress.add_task("purging…")
-        total = ops.purge(app.backend, args.older_than, args.state,
+        total = ops.purge(app.backend, older_than, states,
                           lambda done: progress.update(bar, description=f"purged {done:,} jobs"))
     if args.json:
         render.print_json({"purged": total})

@@ -253,6 +253,14 @@ class Worker:
         assert running is not None
         child.running = None
         job = running.job
+        if end.verdict is Verdict.CANCEL and running.stop_asked_at is not None \
+                and not running.lost:
+            # The job gave up because the worker is shutting down, not because the work
+            # is irrelevant: run it again later, without counting the try.
+            end = TryEnd(Verdict.REQUEUE, Outcome.INTERRUPTED, error_type="WorkerShutdown",
+                         error_message=f"stopped early for a worker shutdown "
+                                       f"({end.error_message})", duration=end.duration,
+                         memory_mb=end.memory_mb)
         finish = settle(job, end)
         self.finishes.append(finish)
         self.progress.pop(job.id, None)
@@ -396,10 +404,10 @@ class Worker:
         if waker.fileno() is None:
             if now < self.next_poll or not (self.pool.idle() or self.pool.busy()):
                 return
-            self.next_poll = now + waker.poll_interval
+            self.next_poll = now + (self.settings.poll_interval or waker.poll_interval)
         elif not self.waker_news:
             if now >= self.next_poll:  # a safety net under LISTEN/NOTIFY
-                self.next_poll = now + waker.poll_interval
+                self.next_poll = now + (self.settings.poll_interval or waker.poll_interval)
                 self.want_claim = True
             return
         self.waker_news = False

@@ -1,0 +1,48 @@
+"""Helpers for tests that drive errand the way a user does: the CLI and real workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ERRAND = [sys.executable, "-m", "errand"]
+
+
+def run_errand(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the errand CLI in a subprocess, as a user would."""
+    return subprocess.run([*ERRAND, *args], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def start_worker(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `errand worker` in the background; the caller stops it."""
+    return subprocess.Popen([*ERRAND, "worker", *args], cwd=cwd,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0,
+             interval: float = 0.02) -> object:
+    """Poll `condition` until it returns something true; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def start_errand(*args: str, cwd: Path, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[str]:
+    """Start any `errand` command in the background, stdout and stderr piped apart."""
+    return subprocess.Popen([*ERRAND, *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
