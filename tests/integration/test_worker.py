@@ -13,9 +13,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import run_errand, start_worker, wait_for
 
 from errand.jobs import NewJob
+from helpers import run_errand, start_worker, wait_for
 
 TASKS = '''
 import ctypes
@@ -324,7 +324,7 @@ def test_postgres_wakes_an_idle_worker_at_once(
         tasks: ModuleType, workers: list[subprocess.Popen[str]]) -> None:
     # With an hour between polls, only a notification can start the job.
     worker(tasks, workers, "--concurrency", "1", env={"ERRAND_POLL_INTERVAL": "3600"})
-    wait_for(lambda: tasks.app.backend.list_workers())
+    wait_for(tasks.app.backend.list_workers)
     time.sleep(0.5)  # let the worker go idle
     job = tasks.add.delay(20, 22)
     wait_for(lambda: job.refresh().state == "done", timeout=10)

@@ -163,7 +163,7 @@ def _channels(app: App, args: argparse.Namespace) -> int:
         capacity = "—" if row["capacity"] is None else str(row["capacity"])
         if row["sequential"]:
             capacity += " sequential"
-        table.add_row(row["channel"], capacity, str(row["running"]), str(row["pending"]),
+        table.add_row(str(row["channel"]), capacity, str(row["running"]), str(row["pending"]),
                       str(row["waiting"]))
     render.console.print(table)
     return 0
