@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from errand.errors import ConfigurationError
 
-_NAME = re.compile(r"^root(\.[A-Za-z0-9_-]+)*$")
+_NAME = re.compile(r"root(\.[A-Za-z0-9_-]+)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +35,13 @@ def parse_channels(text: str | None) -> dict[str, ChannelConfig]:
 
 def _parse_entry(entry: str) -> ChannelConfig:
     name, *rest = entry.split(":")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigurationError(
             f"channel entry {entry!r}: the name must be 'root' or start with 'root.'")
     capacity: int | None = None
     sequential = False
     if rest:
-        if not rest[0].isdigit() or int(rest[0]) < 1:
+        if not (rest[0].isascii() and rest[0].isdecimal()) or int(rest[0]) < 1:
             raise ConfigurationError(
                 f"channel entry {entry!r}: the capacity must be a whole number >= 1")
         capacity = int(rest[0])

@@ -20,7 +20,7 @@ DEFAULT_PRIORITY = 10
 DEFAULT_MAX_RETRIES = 5
 ROOT_CHANNEL = "root"
 
-_CHANNEL = re.compile(r"^root(\.[A-Za-z0-9_-]+)*$")
+_CHANNEL = re.compile(r"root(\.[A-Za-z0-9_-]+)*")
 
 
 class JobOptions(TypedDict, total=False):
@@ -139,7 +139,7 @@ def _check_timeout(value: Any) -> None:
 
 
 def _check_channel(value: Any) -> None:
-    if not isinstance(value, str) or not _CHANNEL.match(value):
+    if not isinstance(value, str) or not _CHANNEL.fullmatch(value):
         raise ConfigurationError(
             f"channel must be 'root' or a dotted name under it such as 'root.mail', "
             f"got {value!r}")

@@ -7,6 +7,7 @@ tested without a worker, and the worker only writes down what this module decide
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,7 +57,8 @@ def validate_pattern(pattern: Mapping[int, float] | None) -> dict[int, float] | 
         if isinstance(key, bool) or not isinstance(key, int) or key < 1:
             raise ConfigurationError(
                 f"retry_pattern keys are try numbers (int >= 1), got {key!r}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or value < 0:
             raise ConfigurationError(
                 f"retry_pattern values are seconds (>= 0), got {value!r} for try {key}")
         checked[key] = float(value)

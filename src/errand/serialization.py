@@ -8,6 +8,7 @@ else is refused before a row is written, with the path of the offending value in
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 from datetime import date, datetime
@@ -20,6 +21,7 @@ from errand.errors import SerializationError
 TAG = "__errand__"
 
 _Tagged = dict[str, Any]
+_MAX_INT_BITS = 14_000  # about Python's 4,300-digit limit for turning an int into text
 
 
 def _tag(kind: str, value: Any) -> _Tagged:
@@ -29,7 +31,11 @@ def _tag(kind: str, value: Any) -> _Tagged:
 def to_jsonable(value: Any, where: str) -> Any:
     """Turn `value` into plain JSON types, tagging the extra types; `where` names it in errors."""
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int:
+    if value is None or kind is str or kind is bool:
+        return value
+    if kind is int:
+        if value.bit_length() > _MAX_INT_BITS:
+            raise SerializationError(f"{where} is an int too large to store as JSON")
         return value
     if kind is float:
         if not math.isfinite(value):
@@ -74,7 +80,15 @@ def _untag(obj: dict[str, Any]) -> Any:
     kind = obj.get(TAG)
     if kind is None:
         return obj
-    value = obj["v"]
+    try:
+        return _decode_tagged(kind, obj["v"])
+    except (KeyError, TypeError, ArithmeticError, binascii.Error) as exc:
+        raise ValueError(f"malformed tagged {kind!r} value: {obj!r}") from exc
+
+
+def _decode_tagged(kind: str, value: Any) -> Any:
+    if kind in ("tuple", "dict") and not isinstance(value, list):
+        raise TypeError(f"a tagged {kind} holds a list")
     if kind == "tuple":
         return tuple(value)
     if kind == "datetime":
@@ -86,7 +100,7 @@ def _untag(obj: dict[str, Any]) -> Any:
     if kind == "uuid":
         return UUID(value)
     if kind == "bytes":
-        return base64.b64decode(value)
+        return base64.b64decode(value, validate=True)
     if kind == "dict":
         return {key: item for key, item in value}
     raise ValueError(f"unknown tagged type {kind!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -72,8 +73,10 @@ def _seconds(name: str, raw: str) -> float:
     except ValueError:
         raise ConfigurationError(
             f"ERRAND_{name.upper()} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"ERRAND_{name.upper()} must not be negative, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (name == "lease" and value == 0):
+        raise ConfigurationError(
+            f"ERRAND_{name.upper()} must be a finite number of seconds"
+            f"{' above 0' if name == 'lease' else ''}, got {raw!r}")
     return value
 
 

@@ -124,7 +124,7 @@ def _run_worker(app: App, url: str, jobs: list[DemoJob], concurrency: int) -> in
             _stop(worker, at_once=not finished)
         elapsed = time.monotonic() - began
         if problem is not None:
-            render.console.print(f"[red]errand demo: {problem}[/]")
+            render.console.print(f"\n[red]errand demo: {problem}[/]")
             log.seek(0)
             tail = log.read().splitlines()[-15:]
             if tail:
@@ -194,7 +194,7 @@ def _status(job: Job[Any], now: datetime) -> Text:
         wait = max((job.eta - now).total_seconds(), 0.0)
         if job.error:
             return _line(f"retry in {wait:.1f} s after {job.error}", "yellow")
-        return _line(f"not before {wait:.1f} s" if wait else "waiting for a free job process")
+        return _line(f"due in {wait:.1f} s" if wait else "waiting for a free job process")
     return _line(job.status_message or "")
 
 

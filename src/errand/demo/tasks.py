@@ -94,6 +94,6 @@ def sync_tracking(carrier: str, picking: str) -> dict[str, str]:
     job = _job()
     waited = 0.0
     while True:  # the timeout ends this loop: the worker kills the process
-        job.set_progress(0, f"waiting for {carrier} about {picking} ({waited:.1f} s)")
+        job.set_progress(0, f"{carrier}: no answer about {picking} yet ({waited:.1f} s)")
         time.sleep(CARRIER_POLL_SECONDS)
         waited += CARRIER_POLL_SECONDS

@@ -1,0 +1,62 @@
+"""`describe_exit` on real wait statuses of forked children."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from errand.runtime.pool import describe_exit
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork and signals as on Linux")
+
+
+def status_of_child(body: Callable[[], None], kill_with: int | None = None) -> int:
+    """Fork a child that runs `body` (never returning into pytest) and reap it."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            faulthandler.disable()
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            body()
+        finally:
+            os._exit(99)
+    if kill_with is not None:
+        os.kill(pid, kill_with)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def sleep_long() -> None:
+    time.sleep(60)
+
+
+def test_abort_is_named_sigabrt() -> None:
+    assert describe_exit(status_of_child(os.abort)) == "was killed by SIGABRT"
+
+
+def test_sigkill_is_named() -> None:
+    status = status_of_child(sleep_long, kill_with=signal.SIGKILL)
+    assert describe_exit(status) == "was killed by SIGKILL"
+
+
+def test_segfault_signal_is_named() -> None:
+    status = status_of_child(lambda: os.kill(os.getpid(), signal.SIGSEGV))
+    assert describe_exit(status) == "was killed by SIGSEGV"
+
+
+def test_exit_code_is_given() -> None:
+    assert describe_exit(status_of_child(lambda: os._exit(3))) == "exited with code 3"
+    assert describe_exit(status_of_child(lambda: os._exit(0))) == "exited with code 0"
+
+
+def test_a_signal_without_a_name_is_given_by_number() -> None:
+    number = signal.SIGRTMIN + 6
+    status = status_of_child(sleep_long, kill_with=number)
+    assert describe_exit(status) == f"was killed by signal {number}"
