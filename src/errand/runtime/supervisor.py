@@ -200,7 +200,9 @@ class Worker:
         idle = bool(self.pool.idle()) and not self.stopping
         if idle and self.want_claim and now >= self.db_retry_at:
             return 0.0
-        moments = [self.next_heartbeat, self.next_rescue, self.db_retry_at]
+        moments = [self.next_heartbeat, self.next_rescue]
+        if self.db_down_since is not None:
+            moments.append(self.db_retry_at)
         if self.wake_at is not None:
             moments.append(self.wake_at)
         if self.next_lost_check is not None:
@@ -211,7 +213,7 @@ class Worker:
             moments.append(self.next_poll)
         if self.stop_deadline is not None:
             moments.append(self.stop_deadline)
-        if self.duration is not None:
+        if self.duration is not None and not self.stopping:
             moments.append(self.began + self.duration)
         for child in self.pool.busy():
             running = child.running
@@ -263,7 +265,6 @@ class Worker:
                          memory_mb=end.memory_mb)
         finish = settle(job, end)
         self.finishes.append(finish)
-        self.progress.pop(job.id, None)
         self.want_claim = True
         self.jobs_run += 1
         if finish.outcome is Outcome.SUCCESS:
@@ -386,6 +387,10 @@ class Worker:
         if self.started:
             backend.mark_started(self.id, self.started)
             self.started = []
+        if self.progress and (self.finishes or now >= self.next_progress_flush):
+            backend.save_progress(list(self.progress.values()))
+            self.progress = {}
+            self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
         if self.finishes:
             applied = set(backend.finish(self.id, self.finishes))
             for finish in self.finishes:
@@ -393,10 +398,6 @@ class Worker:
                     log.warning("job %d try %d was no longer ours (cancelled or rescued); "
                                 "its end was not applied to the job", finish.id, finish.attempt)
             self.finishes = []
-        if self.progress and now >= self.next_progress_flush:
-            backend.save_progress(list(self.progress.values()))
-            self.progress = {}
-            self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
 
     def _poll_waker(self, now: float) -> None:
         waker = self.waker
