@@ -8,6 +8,7 @@ from errand.errors import (
     FailedJobError,
     RetryableJobError,
 )
+from errand.graph import Delayable, chain, group
 from errand.handle import Attempt, Job
 from errand.jobs import Outcome, State
 from errand.tasks import Task
@@ -18,6 +19,7 @@ __all__ = [
     "App",
     "Attempt",
     "CancelJob",
+    "Delayable",
     "ErrandError",
     "FailedJobError",
     "Job",
@@ -27,5 +29,7 @@ __all__ = [
     "State",
     "Task",
     "__version__",
+    "chain",
     "current_job",
+    "group",
 ]

@@ -7,7 +7,7 @@ import threading
 import uuid as uuid_module
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, overload
 from uuid import UUID
 
@@ -15,11 +15,12 @@ from typing_extensions import Unpack
 
 from errand import ops, serialization
 from errand import options as opts
-from errand.channels import ChannelConfig, parse_channels
-from errand.context import JobContext, running
+from errand.channels import parse_channels
 from errand.errors import ConfigurationError, JobNotFound, PayloadTooLarge, UnknownTaskError
-from errand.handle import Attempt, Job
-from errand.jobs import JobRow, NewJob, Outcome, State
+from errand.graph import GraphNode
+from errand.handle import Job
+from errand.inline import run_inline
+from errand.jobs import NewJob, State
 from errand.retry import encode_pattern
 from errand.settings import Settings, no_delay_enabled
 from errand.storage import Backend, open_backend
@@ -27,6 +28,10 @@ from errand.tasks import Call, Task, default_name
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+StoreHook = Callable[[list[tuple[Task[Any, Any], NewJob]]], list[Job[Any]]]
+SUBMIT_HOOK: ContextVar[StoreHook | None] = ContextVar("errand_submit_hook", default=None)
+"""Set by `errand.testing.trap_jobs` to catch jobs before they reach the database."""
 
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
 _fork_hook_installed = False
@@ -59,8 +64,8 @@ class App:
                  settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self._database_url = database_url
-        self.channels: dict[str, ChannelConfig] = parse_channels(
-            channels if channels is not None else self.settings.channels)
+        self.channels = ops.Channels(lambda: self.backend, parse_channels(
+            channels if channels is not None else self.settings.channels))
         self.context_keys = None if context_keys is None else frozenset(context_keys)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._backend: Backend | None = None
@@ -166,14 +171,32 @@ class App:
                options: Mapping[str, Any]) -> list[Job[Any]]:
         """Store one job per call (or run them inline under ERRAND_NO_DELAY)."""
         resolved = opts.resolve(task.defaults, options)
-        new_jobs = [self._new_job(task, args, kwargs, resolved) for args, kwargs in calls]
+        entries = [(task, self._new_job(task, args, kwargs, resolved))
+                   for args, kwargs in calls]
+        return self._store(entries, resolved.connection)
+
+    def submit_graph(self, nodes: Sequence[GraphNode]) -> list[Job[Any]]:
+        """Store a graph's jobs in one transaction; `nodes` come parents first."""
+        entries = []
+        for node in nodes:
+            resolved = opts.resolve(node.task.defaults, node.options)
+            entries.append((node.task, self._new_job(node.task, node.args, node.kwargs,
+                                                     resolved, node.uuid, node.depends_on)))
+        return self._store(entries, None)
+
+    def _store(self, entries: list[tuple[Task[Any, Any], NewJob]],
+               connection: Any) -> list[Job[Any]]:
+        hook = SUBMIT_HOOK.get()
+        if hook is not None:
+            return hook(entries)
         if no_delay_enabled():
-            return [self._run_inline(task, job) for job in new_jobs]
-        rows = self.backend.enqueue(new_jobs, resolved.connection)
+            return run_inline(entries)
+        rows = self.backend.enqueue([new for _, new in entries], connection)
         return [Job(self, row) for row in rows]
 
     def _new_job(self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any],
-                 resolved: opts.Resolved) -> NewJob:
+                 resolved: opts.Resolved, uuid: UUID | None = None,
+                 depends_on: tuple[UUID, ...] = ()) -> NewJob:
         task.check_arguments(args, kwargs)
         args_json, kwargs_json = serialization.encode_call(list(args), dict(kwargs))
         self._check_size(task.name, len(args_json) + len(kwargs_json), args_json + kwargs_json)
@@ -181,13 +204,14 @@ class App:
         if self.context_keys is not None:
             context = {k: v for k, v in context.items() if k in self.context_keys}
         return NewJob(
-            uuid=uuid_module.uuid4(), task=task.name, args=args_json, kwargs=kwargs_json,
-            context=serialization.dumps(context, "context"),
+            uuid=uuid or uuid_module.uuid4(), task=task.name, args=args_json,
+            kwargs=kwargs_json, context=serialization.dumps(context, "context"),
             description=resolved.description or task.default_description,
             channel=resolved.channel, priority=resolved.priority,
             max_retries=resolved.max_retries,
             retry_pattern=encode_pattern(resolved.retry_pattern),
-            timeout=resolved.timeout, eta_at=resolved.eta_at, eta_in=resolved.eta_in)
+            timeout=resolved.timeout, eta_at=resolved.eta_at, eta_in=resolved.eta_in,
+            identity_key=resolved.identity_key, depends_on=depends_on)
 
     def _check_size(self, task: str, length: int, text: str) -> None:
         limit = self.settings.max_payload
@@ -196,35 +220,6 @@ class App:
                 f"the arguments of {task} take {len(text.encode()):,} bytes, over the "
                 f"{limit:,}-byte limit (ERRAND_MAX_PAYLOAD); store big data elsewhere and "
                 "pass a reference")
-
-    def _run_inline(self, task: Task[Any, Any], new: NewJob) -> Job[Any]:
-        """ERRAND_NO_DELAY: run now, in this process, and return a handle of the finished job."""
-        args, kwargs = serialization.decode_call(new.args, new.kwargs)
-        status: list[str | None] = [None]
-
-        def report(percent: int, message: str | None) -> None:
-            status[0] = message
-
-        started = datetime.now(UTC)
-        context = JobContext(new.uuid, 1, serialization.loads(new.context), {}, report,
-                             lambda: False)
-        with running(context):
-            result = task.fn(*args, **kwargs)
-        ended = datetime.now(UTC)
-        result_json = serialization.dumps(result, "result")
-        row = JobRow(
-            id=0, uuid=new.uuid, task=new.task, description=new.description, state=State.DONE,
-            channel=new.channel, priority=new.priority, eta=started, args=new.args,
-            kwargs=new.kwargs, context=new.context, max_retries=new.max_retries, retries=0,
-            retry_pattern=new.retry_pattern, timeout=new.timeout, attempt=1, result=result_json,
-            error_type=None, error_message=None, progress=100,
-            status_message=status[0], worker_id=None, created_at=started,
-            started_at=started, ended_at=ended)
-        log = Attempt(attempt=1, started_at=started, ended_at=ended,
-                      duration=(ended - started).total_seconds(), outcome=Outcome.SUCCESS,
-                      result=result, error=None, error_type=None, error_message=None,
-                      traceback=None, worker=None, pid=os.getpid(), memory_mb=None)
-        return Job(None, row, inline_logs=[log])
 
     def __repr__(self) -> str:
         return f"<errand.App {len(self.tasks)} tasks>"

@@ -6,7 +6,7 @@ so what a user may do to a job in each state is written down once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
@@ -86,6 +86,8 @@ class NewJob:
     timeout: float | None
     eta_at: datetime | None = None
     eta_in: float = 0.0
+    identity_key: str | None = None
+    depends_on: tuple[UUID, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class JobRow:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    identity_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,7 @@ class ClaimedJob:
     retry_pattern: str | None
     timeout: float | None
     channel: str
+    parent_results: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from errand.channels import ChannelConfig, parse_channels
 from errand.errors import ConfigurationError, InvalidStateError, JobNotFound
 from errand.jobs import CANCEL_FROM, FINISHED, REQUEUE_FROM, SET_DONE_FROM, State, WorkerRow
 from errand.storage.base import Backend, StatRow
@@ -85,6 +86,67 @@ def purge(backend: Backend, older_than: float, states: Sequence[State],
             on_batch(total)
         if deleted < PURGE_BATCH:
             return total
+
+
+@dataclass(frozen=True)
+class ChannelStatus:
+    name: str
+    capacity: int | None
+    sequential: bool
+    paused: bool
+    running: int
+    pending: int
+    waiting: int
+
+
+class Channels:
+    """`app.channels`: the app's configured channels, and their control at run time.
+
+    Settings live in the database, so a change reaches every worker within a second.
+    """
+
+    def __init__(self, backend: Callable[[], Backend],
+                 configured: dict[str, ChannelConfig]) -> None:
+        self._backend = backend
+        self.configured = configured
+
+    def set(self, name: str, capacity: int, sequential: bool = False) -> None:
+        """Set how many jobs of `name` (and its sub-channels) may run at once."""
+        spec = f"{name}:{capacity}" + (":sequential" if sequential else "")
+        [config] = parse_channels(spec).values()
+        self._backend().save_channel(config)
+
+    def pause(self, name: str) -> None:
+        """Start no more jobs of `name` and its sub-channels (running ones go on)."""
+        parse_channels(name)
+        self._backend().pause_channel(name, True)
+
+    def resume(self, name: str) -> None:
+        parse_channels(name)
+        self._backend().pause_channel(name, False)
+
+    def status(self) -> list[ChannelStatus]:
+        """Every channel configured or holding jobs, with its counts."""
+        backend = self._backend()
+        settings = {**self.configured, **backend.channel_settings()}
+        counts: dict[str, dict[State, int]] = {}
+        for channel, state, count in backend.channel_counts():
+            counts.setdefault(channel, {})[state] = count
+        statuses = []
+        for name in sorted(set(settings) | set(counts) | {"root"}):
+            config = settings.get(name)
+            by_state = counts.get(name, {})
+            statuses.append(ChannelStatus(
+                name=name, capacity=None if config is None else config.capacity,
+                sequential=bool(config and config.sequential),
+                paused=bool(config and config.paused),
+                running=by_state.get(State.ENQUEUED, 0) + by_state.get(State.STARTED, 0),
+                pending=by_state.get(State.PENDING, 0),
+                waiting=by_state.get(State.WAIT_DEPENDENCIES, 0)))
+        return statuses
+
+    def __repr__(self) -> str:
+        return f"<Channels {', '.join(self.configured) or 'root (no cap)'}>"
 
 
 @dataclass(frozen=True)

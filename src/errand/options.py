@@ -33,6 +33,7 @@ class JobOptions(TypedDict, total=False):
     timeout: float | None
     channel: str
     description: str
+    identity_key: str | None
     context: Mapping[str, Any]
     connection: Any
 
@@ -51,6 +52,7 @@ class TaskDefaults(TypedDict, total=False):
 
 
 OPTION_NAMES = frozenset(JobOptions.__annotations__)
+# An identity key names one job; as a task default every job would share it.
 TASK_DEFAULT_NAMES = frozenset(TaskDefaults.__annotations__)
 
 
@@ -64,6 +66,7 @@ class Resolved:
     timeout: float | None
     channel: str
     description: str | None
+    identity_key: str | None
     context: Mapping[str, Any]
     connection: Any
     eta_at: datetime | None
@@ -91,6 +94,7 @@ def resolve(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> Resolved
         timeout=merged.get("timeout"),
         channel=merged.get("channel", ROOT_CHANNEL),
         description=merged.get("description"),
+        identity_key=merged.get("identity_key"),
         context=merged.get("context") or {},
         connection=merged.get("connection"),
         eta_at=eta_at,
@@ -152,6 +156,11 @@ def _check_text(name: str) -> Any:
     return checker
 
 
+def _check_identity_key(value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"identity_key must be a non-empty string, got {value!r}")
+
+
 def _check_context(value: Any) -> None:
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"context must be a dict, got {value!r}")
@@ -165,6 +174,7 @@ _CHECKS: dict[str, Any] = {
     "timeout": _check_timeout,
     "channel": _check_channel,
     "description": _check_text("description"),
+    "identity_key": _check_identity_key,
     "context": _check_context,
     "connection": lambda value: None,
 }

@@ -12,6 +12,7 @@ from typing_extensions import Unpack
 
 from errand import options as opts
 from errand.errors import ArgumentsError, ConfigurationError
+from errand.graph import Delayable, GraphNode
 from errand.handle import Job
 
 P = ParamSpec("P")
@@ -25,6 +26,8 @@ class Submitter(Protocol):
 
     def submit(self, task: Task[Any, Any], calls: Sequence[Call],
                options: Mapping[str, Any]) -> list[Job[Any]]: ...
+
+    def submit_graph(self, nodes: Sequence[GraphNode]) -> list[Job[Any]]: ...
 
 
 def default_name(fn: Callable[..., Any]) -> str:
@@ -92,6 +95,10 @@ class Task(Generic[P, R]):
                     f"delay_many takes (args, kwargs) pairs; item {index} is {call!r}")
             checked.append((tuple(call[0]), dict(call[1])))
         return self.app.submit(self, checked, options)
+
+    def delayable(self, *args: P.args, **kwargs: P.kwargs) -> Delayable:
+        """A job of this task not stored yet, to link into a graph (`on_done`, `chain`)."""
+        return Delayable(self, tuple(args), dict(kwargs))
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Refuse a call the function could not accept, before anything is stored."""

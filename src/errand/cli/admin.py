@@ -136,35 +136,41 @@ def _workers(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def add_channels_arguments(parser: argparse.ArgumentParser) -> None:
+    add_json(parser)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    change = actions.add_parser("set", help="set a channel's capacity (every worker, "
+                                             "within a second)")
+    change.add_argument("name")
+    change.add_argument("capacity", type=int)
+    change.add_argument("--sequential", action="store_true",
+                        help="one job at a time, in order; stops at a failed job")
+    for name, help_text in (("pause", "start no more jobs of a channel"),
+                            ("resume", "start jobs of a paused channel again")):
+        actions.add_parser(name, help=help_text).add_argument("name")
+
+
 def _channels(app: App, args: argparse.Namespace) -> int:
-    counts: dict[str, dict[State, int]] = {}
-    for channel, state, count in app.backend.channel_counts():
-        counts.setdefault(channel, {})[state] = count
-    names = sorted(set(counts) | set(app.channels) | {"root"})
-    rows = []
-    for name in names:
-        config = app.channels.get(name)
-        by_state = counts.get(name, {})
-        rows.append({
-            "channel": name,
-            "capacity": None if config is None else config.capacity,
-            "sequential": bool(config and config.sequential),
-            "waiting": by_state.get(State.WAIT_DEPENDENCIES, 0),
-            "pending": by_state.get(State.PENDING, 0),
-            "running": by_state.get(State.ENQUEUED, 0) + by_state.get(State.STARTED, 0),
-        })
+    action = getattr(args, "action", None)
+    if action == "set":
+        app.channels.set(args.name, args.capacity, sequential=args.sequential)
+    elif action == "pause":
+        app.channels.pause(args.name)
+    elif action == "resume":
+        app.channels.resume(args.name)
+    rows = app.channels.status()
     if args.json:
-        render.print_json(rows)
+        render.print_json([vars(row) for row in rows])
         return 0
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("channel", "capacity", "running", "pending", "waiting"):
+    for column in ("channel", "capacity", "running", "pending", "waiting", "state"):
         table.add_column(column)
     for row in rows:
-        capacity = "—" if row["capacity"] is None else str(row["capacity"])
-        if row["sequential"]:
+        capacity = "—" if row.capacity is None else str(row.capacity)
+        if row.sequential:
             capacity += " sequential"
-        table.add_row(str(row["channel"]), capacity, str(row["running"]), str(row["pending"]),
-                      str(row["waiting"]))
+        table.add_row(row.name, capacity, str(row.running), str(row.pending), str(row.waiting),
+                      "[yellow]paused[/]" if row.paused else "")
     render.console.print(table)
     return 0
 

@@ -37,7 +37,7 @@ class RunMessage:
     args: str
     kwargs: str
     context: str
-    parent_results: dict[str, Any]
+    parent_results: dict[str, str | None]  # parent uuid -> its result as stored JSON
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -120,6 +120,8 @@ class ChildRunner:
         try:
             args, kwargs = serialization.decode_call(message.args, message.kwargs)
             context = serialization.loads(message.context)
+            parents = {uuid: None if text is None else serialization.loads(text)
+                       for uuid, text in message.parent_results.items()}
         except (ValueError, TypeError, KeyError) as exc:
             return TryEnd(Verdict.FAIL, Outcome.ERROR, error_type="MalformedJob",
                           error_message=f"cannot decode the stored arguments: {exc}")
@@ -127,8 +129,8 @@ class ChildRunner:
         def report(percent: int, status: str | None) -> None:
             self.conn.send(("progress", message.job_id, message.attempt, percent, status))
 
-        job = JobContext(message.uuid, message.attempt, context, message.parent_results,
-                         report, self._stop_requested)
+        job = JobContext(message.uuid, message.attempt, context, parents, report,
+                         self._stop_requested)
         try:
             with running(job, whole_process=True):
                 value = task.fn(*args, **kwargs)

@@ -74,7 +74,7 @@ class Pool:
     def busy(self) -> list[Child]:
         return [c for c in self.children.values() if c.running is not None]
 
-    def start(self, child: Child, job: ClaimedJob, parent_results: dict[str, Any]) -> None:
+    def start(self, child: Child, job: ClaimedJob) -> None:
         now = time.monotonic()
         child.running = Running(job=job, started=now,
                                 deadline=None if job.timeout is None else now + job.timeout)
@@ -82,7 +82,7 @@ class Pool:
             child.conn.send(RunMessage(
                 job_id=job.id, attempt=job.attempt, uuid=job.uuid, task=job.task,
                 args=job.args, kwargs=job.kwargs, context=job.context,
-                parent_results=parent_results))
+                parent_results=job.parent_results))
         except OSError:
             pass  # the child died just now; reaping settles the try as a crash
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from errand import __version__
 from errand.app import App
+from errand.channels import ChannelConfig, parse_channels
 from errand.errors import DatabaseError
 from errand.jobs import Finish, Outcome
 from errand.retry import TryEnd, Verdict, settle
@@ -33,6 +34,8 @@ from errand.storage.base import Progress, Waker, WorkerInfo
 log = logging.getLogger("errand.worker")
 
 PROGRESS_FLUSH_INTERVAL = 0.25
+CHANNEL_REFRESH_INTERVAL = 0.5  # capacity changes reach every worker within a second
+BLOCKED_RETRY = 0.1  # ready jobs held back by capacities: look again this soon
 LOST_CHECK_DELAY = 0.2  # after news that a running job may have been cancelled
 MAX_DB_BACKOFF = 5.0
 
@@ -78,6 +81,8 @@ class Worker:
         self.next_rescue = now
         self.next_progress_flush = now
         self.next_poll = now
+        self.channel_settings: dict[str, ChannelConfig] = {}
+        self.next_channel_refresh = now
         self.waker_news = False
         self.jobs_run = 0
 
@@ -91,6 +96,10 @@ class Worker:
             self.backend.register_worker(WorkerInfo(
                 id=self.id, host=socket.gethostname(), pid=os.getpid(),
                 concurrency=self.concurrency, channels=self.channels, version=__version__))
+            configured = (parse_channels(self.channels) if self.channels is not None
+                          else self.app.channels.configured)
+            for config in configured.values():
+                self.backend.save_channel(config)
             self._open_waker()
             for _ in range(self.concurrency):
                 self._spawn()
@@ -372,6 +381,9 @@ class Worker:
         if self.wake_at is not None and now >= self.wake_at:
             self.wake_at = None
             self.want_claim = True
+        if now >= self.next_channel_refresh:
+            self.channel_settings = backend.channel_settings()
+            self.next_channel_refresh = now + CHANNEL_REFRESH_INTERVAL
         if not self.stopping:
             self._claim(backend)
         if now >= self.next_rescue:
@@ -415,6 +427,9 @@ class Worker:
         work, control = waker.check()
         if work:
             self.want_claim = True
+        if control:  # a cancel, or a channel changed: look at both soon
+            self.next_channel_refresh = now
+            self.want_claim = True
         if control and self.pool.busy() and self.next_lost_check is None:
             self.next_lost_check = now + (LOST_CHECK_DELAY if waker.fileno() is None else 0.0)
 
@@ -445,16 +460,16 @@ class Worker:
         idle = self.pool.idle()
         if not idle or not self.want_claim:
             return
-        jobs = backend.claim(self.id, len(idle))
+        jobs = backend.claim(self.id, len(idle), self.channel_settings)
         for child, job in zip(idle, jobs, strict=False):
-            self.pool.start(child, job, {})
+            self.pool.start(child, job)
             self.started.append((job.id, job.attempt, child.pid))
         if len(jobs) < len(idle):
             self.want_claim = False
             eta = backend.next_eta()
             self.nothing_ready = not jobs and (eta is None or eta > 0)
-            if eta is not None:
-                self.wake_at = time.monotonic() + max(eta, 0.01)
+            if eta is not None:  # due now but held back (capacity, lock): look again soon
+                self.wake_at = time.monotonic() + (eta if eta > 0 else BLOCKED_RETRY)
         else:
             self.nothing_ready = False
 

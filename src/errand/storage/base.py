@@ -6,11 +6,12 @@ concrete backend is reached through `errand.storage.open_backend(url)`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
+from errand.channels import ChannelConfig
 from errand.jobs import AttemptRow, ClaimedJob, Finish, JobRow, NewJob, State, WorkerRow
 
 
@@ -118,8 +119,20 @@ class Backend(Protocol):
 
     def stop_worker(self, worker_id: str) -> None: ...
 
-    def claim(self, worker_id: str, limit: int) -> list[ClaimedJob]:
-        """Take up to `limit` ready jobs: state enqueued, attempt + 1, a try row opened."""
+    def claim(self, worker_id: str, limit: int,
+              channels: Mapping[str, ChannelConfig] | None = None) -> list[ClaimedJob]:
+        """Take up to `limit` ready jobs: state enqueued, attempt + 1, a try row opened.
+
+        With `channels`, only as many as their capacities allow, counted cluster-wide.
+        """
+
+    def channel_settings(self) -> dict[str, ChannelConfig]:
+        """Channel capacities and pauses as stored (shared by every worker)."""
+
+    def save_channel(self, config: ChannelConfig) -> None:
+        """Store a channel's capacity (its paused flag is left as it is)."""
+
+    def pause_channel(self, name: str, paused: bool) -> None: ...
 
     def mark_started(self, worker_id: str, started: Sequence[tuple[int, int, int]]) -> None:
         """(id, attempt, pid) handed to a child: state started."""

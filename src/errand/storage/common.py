@@ -7,11 +7,12 @@ and lists travel; everything else about an operation is written once here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
+from errand.channels import ChannelConfig, ChannelPlan
 from errand.jobs import (
     CANCEL_FROM,
     REQUEUE_FROM,
@@ -26,6 +27,11 @@ from errand.jobs import (
 )
 from errand.storage import rows
 from errand.storage.base import Progress, StatRow, WorkerInfo
+
+T = TypeVar("T")
+Rows = list[tuple[Any, ...]]
+Run = Callable[[str, dict[str, Any]], tuple[Rows, int]]
+"""Runs a named block inside a transaction: (rows of its first statement, rowcount)."""
 
 
 class SqlBackend(ABC):
@@ -43,8 +49,16 @@ class SqlBackend(ABC):
         """Run a read-only query."""
 
     @abstractmethod
-    def _write(self, name: str, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+    def _transaction(self, work: Callable[[Run], T]) -> T:
+        """Call `work` inside one write transaction (retried whole if the database is busy)."""
+
+    @abstractmethod
+    def _on_connection(self, connection: Any, work: Callable[[Run], T]) -> T:
+        """Call `work` on the caller's connection, inside the caller's transaction."""
+
+    def _write(self, name: str, params: dict[str, Any]) -> tuple[Rows, int]:
         """Run a named block in one transaction: (rows of its first statement, rowcount)."""
+        return self._transaction(lambda run: run(name, params))
 
     @abstractmethod
     def _when(self, value: Any) -> datetime | None:
@@ -60,8 +74,35 @@ class SqlBackend(ABC):
 
     # -- producer side ---------------------------------------------------------------
 
-    def _enqueue_params(self, jobs: Sequence[NewJob]) -> dict[str, Any]:
-        return {"jobs": rows.new_jobs_document(jobs, self._eta_param, self.nested_json)}
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
+        if not jobs:
+            return []
+        params = {"jobs": rows.new_jobs_document(jobs, self._eta_param, self.nested_json)}
+        edges = rows.dependencies_document(jobs)
+
+        def work(run: Run) -> Rows:
+            inserted, _ = run("enqueue_jobs", params)
+            if edges is not None:
+                run("add_dependencies", {"dependencies": edges})
+            return inserted
+
+        found = self._job_rows(self._transaction(work) if connection is None
+                               else self._on_connection(connection, work))
+        return self._match_identities(jobs, found)
+
+    def _match_identities(self, jobs: Sequence[NewJob], found: list[JobRow]) -> list[JobRow]:
+        """One row per job asked for: a job skipped for its identity key gets the job it
+        matched (stored earlier, or earlier in this same batch)."""
+        by_uuid = {row.uuid: row for row in found}
+        by_key: dict[str | None, JobRow] = {
+            row.identity_key: row for row in found if row.identity_key is not None}
+        missing = sorted({job.identity_key for job in jobs if job.uuid not in by_uuid
+                          and job.identity_key is not None and job.identity_key not in by_key})
+        if missing:
+            for row in self._job_rows(self._read("find_by_identity",
+                                                 {"keys": self._list_param(missing)})):
+                by_key[row.identity_key] = row
+        return [by_uuid.get(job.uuid) or by_key[job.identity_key] for job in jobs]
 
     def _job_rows(self, found: list[tuple[Any, ...]]) -> list[JobRow]:
         return [rows.job_row(row, self._when, rows.as_uuid) for row in found]
@@ -146,9 +187,65 @@ class SqlBackend(ABC):
     def stop_worker(self, worker_id: str) -> None:
         self._write("stop_worker", {"worker": worker_id})
 
-    def claim(self, worker_id: str, limit: int) -> list[ClaimedJob]:
-        claimed, _ = self._write("claim_jobs", {"worker": worker_id, "limit": limit})
-        return [rows.claimed_job(row, rows.as_uuid) for row in claimed]
+    def claim(self, worker_id: str, limit: int,
+              channels: Mapping[str, ChannelConfig] | None = None) -> list[ClaimedJob]:
+        if channels:
+            claimed = self._transaction(
+                lambda run: self._claim_within_capacity(run, worker_id, limit, channels))
+        else:
+            claimed, _ = self._write("claim_jobs", {"worker": worker_id, "limit": limit})
+        parents: dict[int, dict[str, str | None]] = {}
+        waiting = [row[0] for row in claimed if row[12]]
+        if waiting:
+            for job_id, parent, result in self._read("parent_results",
+                                                     {"ids": self._list_param(waiting)}):
+                parents.setdefault(job_id, {})[str(rows.as_uuid(parent))] = result
+        return [rows.claimed_job(row, rows.as_uuid, parents.get(row[0], {})) for row in claimed]
+
+    def _claim_within_capacity(self, run: Run, worker_id: str, limit: int,
+                               channels: Mapping[str, ChannelConfig]) -> Rows:
+        """Claim in priority order while every channel a job counts against has room.
+
+        Claims take turns (a lock), so all workers count the same running jobs and a
+        capacity holds across hosts. Full channels are left out of the candidate query, so
+        a busy channel never hides another channel's ready jobs.
+        """
+        run("lock_claims", {})
+        running = {channel: count for channel, count in run("running_by_channel", {})[0]}
+        sequential = [name for name, config in channels.items() if config.sequential]
+        stuck: set[str] = set()
+        if sequential:
+            found, _ = run("stuck_channels", {"sequential": self._list_param(sequential)})
+            stuck = {row[0] for row in found}
+        plan = ChannelPlan(dict(channels), running, stuck)
+        chosen: list[int] = []
+        batch = max(limit * 4, 20)
+        for _ in range(4):
+            candidates, _ = run("ready_jobs", {"blocked": self._list_param(plan.blocked()),
+                                               "limit": batch})
+            for job_id, channel in candidates:
+                if job_id not in chosen and plan.take(channel):
+                    chosen.append(job_id)
+                    if len(chosen) == limit:
+                        break
+            if len(chosen) == limit or len(candidates) < batch:
+                break
+        if not chosen:
+            return []
+        claimed, _ = run("claim_chosen", {"worker": worker_id, "ids": self._list_param(chosen)})
+        return claimed
+
+    def channel_settings(self) -> dict[str, ChannelConfig]:
+        return {row[0]: ChannelConfig(name=row[0], capacity=row[1], sequential=bool(row[2]),
+                                      paused=bool(row[3]))
+                for row in self._read("channel_settings", {})}
+
+    def save_channel(self, config: ChannelConfig) -> None:
+        self._write("save_channel", {"name": config.name, "capacity": config.capacity,
+                                     "sequential": config.sequential})
+
+    def pause_channel(self, name: str, paused: bool) -> None:
+        self._write("pause_channel", {"name": name, "paused": paused})
 
     def mark_started(self, worker_id: str, started: Sequence[tuple[int, int, int]]) -> None:
         if started:

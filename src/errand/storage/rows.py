@@ -33,7 +33,8 @@ def job_row(row: Sequence[Any], when: Convert, uuid: Convert) -> JobRow:
         context=row[10], max_retries=row[11], retries=row[12], retry_pattern=row[13],
         timeout=row[14], attempt=row[15], result=row[16], error_type=row[17],
         error_message=row[18], progress=row[19], status_message=row[20], worker_id=row[21],
-        created_at=when(row[22]), started_at=when(row[23]), ended_at=when(row[24]))
+        created_at=when(row[22]), started_at=when(row[23]), ended_at=when(row[24]),
+        identity_key=row[25])
 
 
 def attempt_row(row: Sequence[Any], when: Convert) -> AttemptRow:
@@ -44,11 +45,12 @@ def attempt_row(row: Sequence[Any], when: Convert) -> AttemptRow:
         memory_mb=row[12])
 
 
-def claimed_job(row: Sequence[Any], uuid: Convert) -> ClaimedJob:
+def claimed_job(row: Sequence[Any], uuid: Convert,
+                parents: dict[str, str | None]) -> ClaimedJob:
     return ClaimedJob(
         id=row[0], uuid=uuid(row[1]), task=row[2], args=row[3], kwargs=row[4], context=row[5],
         attempt=row[6], retries=row[7], max_retries=row[8], retry_pattern=row[9],
-        timeout=row[10], channel=row[11])
+        timeout=row[10], channel=row[11], parent_results=parents)
 
 
 def worker_row(row: Sequence[Any], when: Convert) -> WorkerRow:
@@ -79,13 +81,21 @@ def new_jobs_document(jobs: Sequence[NewJob], eta_at: Callable[[datetime], Any],
             "channel": job.channel, "priority": job.priority,
             "eta_at": None if job.eta_at is None else eta_at(job.eta_at),
             "eta_in": job.eta_in, "max_retries": job.max_retries,
-            "timeout": job.timeout,
+            "timeout": job.timeout, "identity_key": job.identity_key,
+            "waits": bool(job.depends_on),
         }, ensure_ascii=False)
         parts.append(
             f'{scalars[:-1]},"args":{_embed(job.args, nested)},'
             f'"kwargs":{_embed(job.kwargs, nested)},"context":{_embed(job.context, nested)},'
             f'"retry_pattern":{_embed(job.retry_pattern, nested)}}}')
     return "[" + ",".join(parts) + "]"
+
+
+def dependencies_document(jobs: Sequence[NewJob]) -> str | None:
+    """Edges of a graph of new jobs (`job` waits for `parent`), or None if there are none."""
+    edges = [{"job": str(job.uuid), "parent": str(parent)}
+             for job in jobs for parent in job.depends_on]
+    return json.dumps(edges) if edges else None
 
 
 def finishes_document(finishes: Sequence[Finish], nested: bool) -> str:

@@ -7,7 +7,7 @@ a fork, so the worker asks for `pooled=False`: one plain connection for its own 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from errand.errors import ConfigurationError, DatabaseError, SerializationError
 from errand.jobs import JobRow, NewJob
-from errand.storage.common import SqlBackend
+from errand.storage.common import Run, SqlBackend, T
 from errand.storage.sqlfile import load_migrations, load_queries
 
 _PACKAGE = "errand.storage.postgres"
@@ -99,19 +99,20 @@ class PostgresBackend(SqlBackend):
             yield self._conn
 
     def _read(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        rows, _ = self._write(name, params)
-        return rows
-
-    def _write(self, name: str, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
-        statements = self.queries[name]
         with self._connection() as conn:
-            if len(statements) == 1:
-                return _execute(conn, statements[0], params)
-            with conn.transaction():
-                first = _execute(conn, statements[0], params)
-                for statement in statements[1:]:
-                    _execute(conn, statement, params)
-                return first
+            return _run_block(conn, self.queries[name], params)[0]
+
+    def _transaction(self, work: Callable[[Run], T]) -> T:
+        with self._connection() as conn, conn.transaction():
+            return work(lambda name, params: _run_block(conn, self.queries[name], params))
+
+    def _on_connection(self, connection: Any, work: Callable[[Run], T]) -> T:
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= must be a psycopg Connection when the app uses PostgreSQL, "
+                f"got {type(connection).__module__}.{type(connection).__qualname__}")
+        with self._connection_error("use the given connection to"):
+            return work(lambda name, params: _run_block(connection, self.queries[name], params))
 
     # -- schema ----------------------------------------------------------------------
 
@@ -163,29 +164,12 @@ class PostgresBackend(SqlBackend):
         return list(values)
 
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
-        if not jobs:
-            return []
-        params = self._enqueue_params(jobs)
         try:
-            if connection is None:
-                found, _ = self._write("enqueue_jobs", params)
-            else:
-                found = self._enqueue_on(connection, params)
+            return super().enqueue(jobs, connection)
         except pg_errors.UntranslatableCharacter as exc:
             raise SerializationError(
                 "an argument contains a NUL character (\\u0000), which PostgreSQL cannot "
                 "store in JSON") from exc
-        return self._job_rows(found)
-
-    def _enqueue_on(self, connection: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Insert in the caller's transaction: the jobs commit or roll back with it."""
-        if not isinstance(connection, psycopg.Connection):
-            raise ConfigurationError(
-                "connection= must be a psycopg Connection when the app uses PostgreSQL, "
-                f"got {type(connection).__module__}.{type(connection).__qualname__}")
-        with self._connection_error("enqueue on the given connection to"):
-            rows, _ = _execute(connection, self.queries["enqueue_jobs"][0], params)
-        return rows
 
     def waker(self) -> PostgresWaker:
         return PostgresWaker(self.url, self._where)
@@ -203,6 +187,15 @@ def _execute(conn: psycopg.Connection[Any], sql: str,
         cur.execute(sql, params)
         rows = cur.fetchall() if cur.description is not None else []
         return rows, cur.rowcount
+
+
+def _run_block(conn: psycopg.Connection[Any], statements: list[str],
+               params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+    """Run a named block's statements in order; the first one's rows are the block's result."""
+    first = _execute(conn, statements[0], params)
+    for statement in statements[1:]:
+        _execute(conn, statement, params)
+    return first
 
 
 class PostgresWaker:

@@ -21,32 +21,56 @@ SELECT coalesce(max(version), 0) FROM errand_schema_version;
 INSERT INTO errand_schema_version (version) VALUES (%(version)s);
 
 -- name: enqueue_jobs
+-- A job whose identity key matches a job that has not run yet is skipped here (the
+-- caller then reads that job with find_by_identity).
 INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
-                         context, max_retries, retry_pattern, timeout)
-SELECT j.uuid, j.task, j.description, 'pending', j.channel, j.priority,
-       coalesce(j.eta_at, now() + make_interval(secs => j.eta_in)),
-       j.args, j.kwargs, j.context, j.max_retries, j.retry_pattern, j.timeout
+                         context, max_retries, retry_pattern, timeout, identity_key)
+SELECT j.uuid, j.task, j.description,
+       CASE WHEN j.waits THEN 'wait_dependencies' ELSE 'pending' END,
+       j.channel, j.priority, coalesce(j.eta_at, now() + make_interval(secs => j.eta_in)),
+       j.args, j.kwargs, j.context, j.max_retries, j.retry_pattern, j.timeout, j.identity_key
 FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(
     uuid uuid, task text, description text, channel text, priority integer,
     eta_at timestamptz, eta_in double precision, args jsonb, kwargs jsonb, context jsonb,
-    max_retries integer, retry_pattern jsonb, timeout double precision)
+    max_retries integer, retry_pattern jsonb, timeout double precision, identity_key text,
+    waits boolean)
+ON CONFLICT (identity_key)
+    WHERE identity_key IS NOT NULL AND attempt = 0
+      AND state IN ('wait_dependencies', 'pending')
+    DO NOTHING
 RETURNING id, uuid, task, description, state, channel, priority, eta, args::text,
           kwargs::text, context::text, max_retries, retries, retry_pattern::text, timeout,
           attempt, result::text, error_type, error_message, progress, status_message,
-          worker_id, created_at, started_at, ended_at;
+          worker_id, created_at, started_at, ended_at, identity_key;
+
+-- name: add_dependencies
+INSERT INTO errand_dependencies (job_id, depends_on)
+SELECT child.id, parent.id
+FROM jsonb_to_recordset(%(dependencies)s::jsonb) AS d(job uuid, parent uuid)
+JOIN errand_jobs child ON child.uuid = d.job
+JOIN errand_jobs parent ON parent.uuid = d.parent;
+
+-- name: find_by_identity
+SELECT id, uuid, task, description, state, channel, priority, eta, args::text, kwargs::text,
+       context::text, max_retries, retries, retry_pattern::text, timeout, attempt,
+       result::text, error_type, error_message, progress, status_message, worker_id,
+       created_at, started_at, ended_at, identity_key
+FROM errand_jobs
+WHERE id IN (SELECT max(id) FROM errand_jobs
+             WHERE identity_key = ANY(%(keys)s::text[]) GROUP BY identity_key);
 
 -- name: get_job
 SELECT id, uuid, task, description, state, channel, priority, eta, args::text, kwargs::text,
        context::text, max_retries, retries, retry_pattern::text, timeout, attempt,
        result::text, error_type, error_message, progress, status_message, worker_id,
-       created_at, started_at, ended_at
+       created_at, started_at, ended_at, identity_key
 FROM errand_jobs WHERE uuid = %(uuid)s;
 
 -- name: list_jobs
 SELECT id, uuid, task, description, state, channel, priority, eta, args::text, kwargs::text,
        context::text, max_retries, retries, retry_pattern::text, timeout, attempt,
        result::text, error_type, error_message, progress, status_message, worker_id,
-       created_at, started_at, ended_at
+       created_at, started_at, ended_at, identity_key
 FROM errand_jobs
 WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(channel)s::text IS NULL OR channel = %(channel)s::text
@@ -64,10 +88,16 @@ FROM errand_attempts WHERE job_id = %(job_id)s ORDER BY attempt;
 SELECT uuid FROM errand_jobs WHERE state = %(state)s ORDER BY id;
 
 -- name: cancel_jobs
-WITH cancelled AS (
+-- Cancelling a job cancels every job that depends on it, transitively.
+WITH RECURSIVE targets AS (
+    SELECT id FROM errand_jobs
+    WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+    UNION
+    SELECT d.job_id FROM errand_dependencies d JOIN targets t ON d.depends_on = t.id
+), cancelled AS (
     UPDATE errand_jobs
     SET state = 'cancelled', ended_at = now()
-    WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+    WHERE id IN (SELECT id FROM targets) AND state = ANY(%(from_states)s::text[])
     RETURNING uuid
 )
 SELECT uuid, pg_notify('errand_control', 'cancel') FROM cancelled;
@@ -80,11 +110,23 @@ WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
 RETURNING uuid;
 
 -- name: set_jobs_done
-UPDATE errand_jobs
-SET state = 'done', result = %(result)s::jsonb, error_type = NULL, error_message = NULL,
-    progress = 100, ended_at = now()
-WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
-RETURNING uuid;
+WITH done AS (
+    UPDATE errand_jobs
+    SET state = 'done', result = %(result)s::jsonb, error_type = NULL, error_message = NULL,
+        progress = 100, ended_at = now()
+    WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+    RETURNING id, uuid
+), released AS (
+    UPDATE errand_jobs AS child SET state = 'pending'
+    WHERE child.state = 'wait_dependencies'
+      AND child.id IN (SELECT d.job_id FROM errand_dependencies d
+                       JOIN done ON d.depends_on = done.id)
+      AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
+                      JOIN errand_jobs parent ON parent.id = d.depends_on
+                      WHERE d.job_id = child.id AND parent.state <> 'done'
+                        AND parent.id NOT IN (SELECT id FROM done))
+)
+SELECT uuid FROM done;
 
 -- name: purge_jobs
 DELETE FROM errand_jobs
@@ -159,9 +201,81 @@ WITH picked AS MATERIALIZED (
     SELECT id, attempt, %(worker)s FROM claimed
 )
 SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
-       timeout, channel
+       timeout, channel,
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id)
 FROM claimed
 ORDER BY priority, eta, id;
+
+-- name: lock_claims
+-- With channel capacities, claims take turns, so every worker counts the same running jobs.
+SELECT pg_advisory_xact_lock(hashtext('errand'), 3);
+
+-- name: running_by_channel
+SELECT channel, count(*) FROM errand_jobs
+WHERE state IN ('enqueued', 'started')
+GROUP BY channel;
+
+-- name: stuck_channels
+-- Sequential channels holding a failed job, or a job waiting to be retried: they wait.
+SELECT s.name FROM unnest(%(sequential)s::text[]) AS s(name)
+WHERE EXISTS (SELECT 1 FROM errand_jobs j
+              WHERE (j.state = 'failed'
+                     OR (j.state = 'pending' AND j.attempt > 0 AND j.eta > now()))
+                AND (j.channel = s.name
+                     OR left(j.channel, length(s.name) + 1) = s.name || '.'));
+
+-- name: ready_jobs
+SELECT id, channel FROM errand_jobs
+WHERE state = 'pending' AND eta <= now()
+  AND NOT EXISTS (SELECT 1 FROM unnest(%(blocked)s::text[]) AS b(name)
+                  WHERE channel = b.name OR left(channel, length(b.name) + 1) = b.name || '.')
+ORDER BY priority, eta, id
+LIMIT %(limit)s;
+
+-- name: claim_chosen
+WITH claimed AS (
+    UPDATE errand_jobs AS j
+    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s,
+        enqueued_at = now(), progress = 0, status_message = NULL
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state = 'pending'
+    RETURNING j.id, j.uuid, j.task, j.args::text AS args, j.kwargs::text AS kwargs,
+              j.context::text AS context, j.attempt, j.retries, j.max_retries,
+              j.retry_pattern::text AS retry_pattern, j.timeout, j.channel, j.priority, j.eta
+), tries AS (
+    INSERT INTO errand_attempts (job_id, attempt, worker_id)
+    SELECT id, attempt, %(worker)s FROM claimed
+)
+SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
+       timeout, channel,
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id)
+FROM claimed
+ORDER BY priority, eta, id;
+
+-- name: parent_results
+SELECT d.job_id, parent.uuid, parent.result::text
+FROM errand_dependencies d JOIN errand_jobs parent ON parent.id = d.depends_on
+WHERE d.job_id = ANY(%(ids)s::bigint[]);
+
+-- name: channel_settings
+SELECT name, capacity, sequential, paused FROM errand_channels ORDER BY name;
+
+-- name: save_channel
+WITH saved AS (
+    INSERT INTO errand_channels (name, capacity, sequential)
+    VALUES (%(name)s, %(capacity)s, %(sequential)s)
+    ON CONFLICT (name) DO UPDATE
+    SET capacity = excluded.capacity, sequential = excluded.sequential, updated_at = now()
+    RETURNING name
+)
+SELECT name, pg_notify('errand_control', 'channels') FROM saved;
+
+-- name: pause_channel
+WITH saved AS (
+    INSERT INTO errand_channels (name, paused) VALUES (%(name)s, %(paused)s)
+    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
+    RETURNING name
+)
+SELECT name, pg_notify('errand_control', 'channels') FROM saved;
 
 -- name: mark_started
 WITH s AS (
@@ -204,7 +318,16 @@ WITH f AS MATERIALIZED (
     FROM f
     WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = %(worker)s
       AND j.state IN ('enqueued', 'started')
-    RETURNING j.id
+    RETURNING j.id, j.state
+), released AS (
+    UPDATE errand_jobs AS child SET state = 'pending'
+    WHERE child.state = 'wait_dependencies'
+      AND child.id IN (SELECT d.job_id FROM errand_dependencies d
+                       JOIN jobs ON d.depends_on = jobs.id WHERE jobs.state = 'done')
+      AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
+                      JOIN errand_jobs parent ON parent.id = d.depends_on
+                      WHERE d.job_id = child.id AND parent.state <> 'done'
+                        AND parent.id NOT IN (SELECT id FROM jobs WHERE jobs.state = 'done'))
 ), counted AS (
     UPDATE errand_workers SET jobs_done = jobs_done + (SELECT count(*) FROM jobs)
     WHERE id = %(worker)s

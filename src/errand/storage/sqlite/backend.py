@@ -14,15 +14,14 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from errand.errors import ConfigurationError, DatabaseError
-from errand.jobs import JobRow, NewJob
-from errand.storage.common import SqlBackend
+from errand.storage.common import Run, SqlBackend, T
 from errand.storage.sqlfile import load_migrations, load_queries
 
 _PACKAGE = "errand.storage.sqlite"
@@ -119,28 +118,38 @@ class SqliteBackend(SqlBackend):
                 lambda: conn.execute(self.queries[name][0], params).fetchall())
             return rows
 
-    def _write(self, name: str, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
-        with self._errors("write"):
-            result: tuple[list[tuple[Any, ...]], int] = self._retry_locked(
-                lambda: self._transaction(self.queries[name], params))
+    def _transaction(self, work: Callable[[Run], T]) -> T:
+        def attempt() -> T:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(lambda name, params: _run_block(conn, self.queries[name], params))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             return result
 
-    def _transaction(self, statements: list[str],
-                     params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = conn.execute(statements[0], params)
-            first = cursor.fetchall()
-            count = cursor.rowcount
-            for statement in statements[1:]:
-                conn.execute(statement, params).fetchall()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return first, count
+        with self._errors("write"):
+            done: T = self._retry_locked(attempt)
+            return done
+
+    def _on_connection(self, connection: Any, work: Callable[[Run], T]) -> T:
+        if not isinstance(connection, sqlite3.Connection):
+            raise ConfigurationError(
+                "connection= must be a sqlite3.Connection when the app uses SQLite, "
+                f"got {type(connection).__module__}.{type(connection).__qualname__}")
+        databases = connection.execute("PRAGMA database_list").fetchall()
+        main = next((row[2] for row in databases if row[1] == "main"), "")
+        if not main or os.path.realpath(main) != os.path.realpath(self.path):
+            raise ConfigurationError(
+                f"connection= is open on {main or 'an in-memory database'}, but the app's "
+                f"database is {self.path}")
+        with self._errors("use the given connection to"):
+            done: T = self._retry_locked(lambda: work(
+                lambda name, params: _run_block(connection, self.queries[name], params)))
+            return done
 
     # -- schema ----------------------------------------------------------------------
 
@@ -198,33 +207,6 @@ class SqliteBackend(SqlBackend):
     def _uuid_param(self, uuid: UUID) -> Any:
         return str(uuid)
 
-    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
-        if not jobs:
-            return []
-        params = self._enqueue_params(jobs)
-        if connection is None:
-            found, _ = self._write("enqueue_jobs", params)
-        else:
-            found = self._enqueue_on(connection, params)
-        return self._job_rows(found)
-
-    def _enqueue_on(self, connection: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Insert in the caller's transaction: the jobs commit or roll back with it."""
-        if not isinstance(connection, sqlite3.Connection):
-            raise ConfigurationError(
-                "connection= must be a sqlite3.Connection when the app uses SQLite, "
-                f"got {type(connection).__module__}.{type(connection).__qualname__}")
-        databases = connection.execute("PRAGMA database_list").fetchall()
-        main = next((row[2] for row in databases if row[1] == "main"), "")
-        if not main or os.path.realpath(main) != os.path.realpath(self.path):
-            raise ConfigurationError(
-                f"connection= is open on {main or 'an in-memory database'}, but the app's "
-                f"database is {self.path}")
-        with self._errors("enqueue on the given connection to"):
-            rows: list[tuple[Any, ...]] = self._retry_locked(
-                lambda: connection.execute(self.queries["enqueue_jobs"][0], params).fetchall())
-        return rows
-
     def waker(self) -> SqliteWaker:
         return SqliteWaker(self)
 
@@ -237,6 +219,17 @@ class SqliteBackend(SqlBackend):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _run_block(conn: sqlite3.Connection, statements: list[str],
+               params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+    """Run a named block's statements in order; the first one's rows are the block's result."""
+    cursor = conn.execute(statements[0], params)
+    first = cursor.fetchall()
+    count = cursor.rowcount
+    for statement in statements[1:]:
+        conn.execute(statement, params).fetchall()
+    return first, count
 
 
 def _split_script(sql: str) -> list[str]:

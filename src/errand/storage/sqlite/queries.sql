@@ -24,33 +24,62 @@ INSERT INTO errand_schema_version (version, applied_at)
 VALUES (:version, (julianday('now') - 2440587.5) * 86400.0);
 
 -- name: enqueue_jobs
+-- A job whose identity key matches a job that has not run yet is skipped here (the
+-- caller then reads that job with find_by_identity). `WHERE true` tells SQLite's parser
+-- that ON CONFLICT belongs to the INSERT.
 INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
-                         context, max_retries, retry_pattern, timeout, created_at)
+                         context, max_retries, retry_pattern, timeout, identity_key,
+                         created_at)
 SELECT json_extract(j.value, '$.uuid'), json_extract(j.value, '$.task'),
-       json_extract(j.value, '$.description'), 'pending', json_extract(j.value, '$.channel'),
-       json_extract(j.value, '$.priority'),
+       json_extract(j.value, '$.description'),
+       CASE WHEN json_extract(j.value, '$.waits') THEN 'wait_dependencies' ELSE 'pending' END,
+       json_extract(j.value, '$.channel'), json_extract(j.value, '$.priority'),
        coalesce(json_extract(j.value, '$.eta_at'),
                 (julianday('now') - 2440587.5) * 86400.0 + json_extract(j.value, '$.eta_in')),
        json_extract(j.value, '$.args'), json_extract(j.value, '$.kwargs'),
        json_extract(j.value, '$.context'), json_extract(j.value, '$.max_retries'),
        json_extract(j.value, '$.retry_pattern'), json_extract(j.value, '$.timeout'),
-       (julianday('now') - 2440587.5) * 86400.0
+       json_extract(j.value, '$.identity_key'), (julianday('now') - 2440587.5) * 86400.0
 FROM json_each(:jobs) AS j
+WHERE true
+ON CONFLICT (identity_key)
+    WHERE identity_key IS NOT NULL AND attempt = 0
+      AND state IN ('wait_dependencies', 'pending')
+    DO NOTHING
 RETURNING id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
           max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
           error_message, progress, status_message, worker_id, created_at, started_at,
-          ended_at;
+          ended_at, identity_key;
+
+-- name: add_dependencies
+INSERT INTO errand_dependencies (job_id, depends_on)
+SELECT child.id, parent.id
+FROM json_each(:dependencies) AS d
+JOIN errand_jobs child ON child.uuid = json_extract(d.value, '$.job')
+JOIN errand_jobs parent ON parent.uuid = json_extract(d.value, '$.parent');
+
+-- name: find_by_identity
+SELECT id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
+       max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
+       error_message, progress, status_message, worker_id, created_at, started_at, ended_at,
+       identity_key
+FROM errand_jobs
+WHERE id IN (SELECT max(id) FROM errand_jobs
+             WHERE identity_key IN (SELECT value FROM json_each(:keys))
+             GROUP BY identity_key);
 
 -- name: get_job
 SELECT id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
        max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
-       error_message, progress, status_message, worker_id, created_at, started_at, ended_at
+       error_message, progress, status_message, worker_id, created_at, started_at, ended_at,
+       identity_key
 FROM errand_jobs WHERE uuid = :uuid;
 
 -- name: list_jobs
 SELECT id, uuid, task, description, state, channel, priority, eta, args, kwargs, context,
        max_retries, retries, retry_pattern, timeout, attempt, result, error_type,
-       error_message, progress, status_message, worker_id, created_at, started_at, ended_at
+       error_message, progress, status_message, worker_id, created_at, started_at, ended_at,
+       identity_key
 FROM errand_jobs
 WHERE (:state IS NULL OR state = :state)
   AND (:channel IS NULL OR channel = :channel
@@ -68,9 +97,17 @@ FROM errand_attempts WHERE job_id = :job_id ORDER BY attempt;
 SELECT uuid FROM errand_jobs WHERE state = :state ORDER BY id;
 
 -- name: cancel_jobs
+-- Cancelling a job cancels every job that depends on it, transitively.
+WITH RECURSIVE targets(id) AS (
+    SELECT id FROM errand_jobs
+    WHERE uuid IN (SELECT value FROM json_each(:uuids))
+      AND state IN (SELECT value FROM json_each(:from_states))
+    UNION
+    SELECT d.job_id FROM errand_dependencies d JOIN targets t ON d.depends_on = t.id
+)
 UPDATE errand_jobs
 SET state = 'cancelled', ended_at = (julianday('now') - 2440587.5) * 86400.0
-WHERE uuid IN (SELECT value FROM json_each(:uuids))
+WHERE id IN (SELECT id FROM targets)
   AND state IN (SELECT value FROM json_each(:from_states))
 RETURNING uuid;
 
@@ -90,6 +127,15 @@ SET state = 'done', result = :result, error_type = NULL, error_message = NULL,
 WHERE uuid IN (SELECT value FROM json_each(:uuids))
   AND state IN (SELECT value FROM json_each(:from_states))
 RETURNING uuid;
+-- Release the jobs whose parents are now all done.
+UPDATE errand_jobs SET state = 'pending'
+WHERE state = 'wait_dependencies'
+  AND id IN (SELECT d.job_id FROM errand_dependencies d
+             JOIN errand_jobs parent ON parent.id = d.depends_on
+             WHERE parent.uuid IN (SELECT value FROM json_each(:uuids)))
+  AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
+                  JOIN errand_jobs parent ON parent.id = d.depends_on
+                  WHERE d.job_id = errand_jobs.id AND parent.state <> 'done');
 
 -- name: purge_jobs
 DELETE FROM errand_jobs
@@ -158,13 +204,76 @@ WHERE id IN (SELECT id FROM errand_jobs
              ORDER BY priority, eta, id
              LIMIT :limit)
 RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
-          timeout, channel;
+          timeout, channel,
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id);
 -- Open a try row for each job just claimed (this worker's enqueued jobs without one).
 INSERT INTO errand_attempts (job_id, attempt, worker_id)
 SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
 WHERE j.worker_id = :worker AND j.state = 'enqueued'
   AND NOT EXISTS (SELECT 1 FROM errand_attempts a
                   WHERE a.job_id = j.id AND a.attempt = j.attempt);
+
+-- name: lock_claims
+-- Every write transaction here begins with BEGIN IMMEDIATE, which already makes claims
+-- take turns; nothing more to lock.
+SELECT 1;
+
+-- name: running_by_channel
+SELECT channel, count(*) FROM errand_jobs
+WHERE state IN ('enqueued', 'started')
+GROUP BY channel;
+
+-- name: stuck_channels
+-- Sequential channels holding a failed job, or a job waiting to be retried: they wait.
+SELECT s.value FROM json_each(:sequential) AS s
+WHERE EXISTS (SELECT 1 FROM errand_jobs j
+              WHERE (j.state = 'failed'
+                     OR (j.state = 'pending' AND j.attempt > 0 AND j.eta > (julianday('now') - 2440587.5) * 86400.0))
+                AND (j.channel = s.value
+                     OR substr(j.channel, 1, length(s.value) + 1) = s.value || '.'));
+
+-- name: ready_jobs
+SELECT id, channel FROM errand_jobs
+WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
+  AND NOT EXISTS (SELECT 1 FROM json_each(:blocked) AS b
+                  WHERE channel = b.value
+                     OR substr(channel, 1, length(b.value) + 1) = b.value || '.')
+ORDER BY priority, eta, id
+LIMIT :limit;
+
+-- name: claim_chosen
+UPDATE errand_jobs
+SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
+    enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0, status_message = NULL
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'pending'
+RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
+          timeout, channel,
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id);
+-- Open a try row for each job just claimed (this worker's enqueued jobs without one).
+INSERT INTO errand_attempts (job_id, attempt, worker_id)
+SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
+WHERE j.worker_id = :worker AND j.state = 'enqueued'
+  AND NOT EXISTS (SELECT 1 FROM errand_attempts a
+                  WHERE a.job_id = j.id AND a.attempt = j.attempt);
+
+-- name: parent_results
+SELECT d.job_id, parent.uuid, parent.result
+FROM errand_dependencies d JOIN errand_jobs parent ON parent.id = d.depends_on
+WHERE d.job_id IN (SELECT value FROM json_each(:ids));
+
+-- name: channel_settings
+SELECT name, capacity, sequential, paused FROM errand_channels ORDER BY name;
+
+-- name: save_channel
+INSERT INTO errand_channels (name, capacity, sequential) VALUES (:name, :capacity, :sequential)
+ON CONFLICT (name) DO UPDATE
+SET capacity = excluded.capacity, sequential = excluded.sequential, updated_at = (julianday('now') - 2440587.5) * 86400.0
+RETURNING name;
+
+-- name: pause_channel
+INSERT INTO errand_channels (name, paused) VALUES (:name, :paused)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = (julianday('now') - 2440587.5) * 86400.0
+RETURNING name;
 
 -- name: mark_started
 UPDATE errand_jobs
@@ -207,6 +316,15 @@ WHERE errand_jobs.id = f.id AND errand_jobs.attempt = f.attempt
 RETURNING id;
 -- changes() still counts the job rows the statement above updated.
 UPDATE errand_workers SET jobs_done = jobs_done + changes() WHERE id = :worker;
+-- Release the jobs whose parents are now all done.
+UPDATE errand_jobs SET state = 'pending'
+WHERE state = 'wait_dependencies'
+  AND id IN (SELECT d.job_id FROM errand_dependencies d
+             WHERE d.depends_on IN (SELECT json_extract(value, '$.id') FROM json_each(:finishes)
+                                    WHERE json_extract(value, '$.state') = 'done'))
+  AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
+                  JOIN errand_jobs parent ON parent.id = d.depends_on
+                  WHERE d.job_id = errand_jobs.id AND parent.state <> 'done');
 UPDATE errand_attempts
 SET ended_at = (julianday('now') - 2440587.5) * 86400.0, outcome = f.outcome,
     result = f.result, error_type = f.error_type, error_message = f.error_message,
