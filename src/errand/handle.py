@@ -113,6 +113,10 @@ class Job(Generic[R]):
         return serialization.loads(self._row.context)  # type: ignore[no-any-return]
 
     @property
+    def identity_key(self) -> str | None:
+        return self._row.identity_key
+
+    @property
     def max_retries(self) -> int:
         return self._row.max_retries
 

@@ -352,7 +352,6 @@ class Worker:
                 log.warning("database reachable again after %.1f s",
                             time.monotonic() - self.db_down_since)
                 self.db_down_since = None
-                self.db_ok_since = time.monotonic()
             self.db_backoff = 0.1
 
     def _database_failed(self, exc: DatabaseError) -> None:
@@ -372,7 +371,8 @@ class Worker:
             self.want_claim = True
             self.next_heartbeat = now
         if self.db_down_since is not None:
-            self._heartbeat(backend)
+            self._heartbeat(backend)  # first prove we are alive, then count a fresh lease
+            self.db_ok_since = now
         self._flush(backend, now)
         self._poll_waker(now)
         if now >= self.next_heartbeat or (self.next_lost_check is not None
