@@ -23,21 +23,6 @@ ROOT_CHANNEL = "root"
 _CHANNEL = re.compile(r"root(\.[A-Za-z0-9_-]+)*")
 
 
-class JobOptions(TypedDict, total=False):
-    """Options of `with_delay`, `enqueue`, `Delayable.set` and task defaults."""
-
-    priority: int
-    eta: float | timedelta | datetime | None
-    max_retries: int
-    retry_pattern: Mapping[int, float] | None
-    timeout: float | None
-    channel: str
-    description: str
-    identity_key: str | None
-    context: Mapping[str, Any]
-    connection: Any
-
-
 class TaskDefaults(TypedDict, total=False):
     """Options a task may set as its defaults (`@app.task(priority=5, ...)`)."""
 
@@ -51,9 +36,16 @@ class TaskDefaults(TypedDict, total=False):
     context: Mapping[str, Any]
 
 
-OPTION_NAMES = frozenset(JobOptions.__annotations__)
-# An identity key names one job; as a task default every job would share it.
+class JobOptions(TaskDefaults, total=False):
+    """Options of `with_delay`, `enqueue`, `Delayable.set`: a task's defaults, plus two that
+    only make sense per call (an identity key names one job; a connection is the caller's)."""
+
+    identity_key: str | None
+    connection: Any
+
+
 TASK_DEFAULT_NAMES = frozenset(TaskDefaults.__annotations__)
+OPTION_NAMES = TASK_DEFAULT_NAMES | frozenset(JobOptions.__annotations__)
 
 
 @dataclass(frozen=True, slots=True)
