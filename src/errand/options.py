@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from errand.errors import ConfigurationError
@@ -105,26 +105,38 @@ def split_eta(eta: float | timedelta | datetime | None) -> tuple[datetime | None
     return None, max(float(eta), 0.0)
 
 
-def _int(name: str, minimum: int | None = None) -> Any:
+INT_RANGE = (-(2**31), 2**31 - 1)  # both databases store these in 32-bit columns
+MAX_ETA_SECONDS = 100 * 365 * 86400.0
+
+
+def _int(name: str, minimum: int = INT_RANGE[0]) -> Any:
     def checker(value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigurationError(f"{name} must be an int, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+        if not minimum <= value <= INT_RANGE[1]:
+            raise ConfigurationError(
+                f"{name} must be between {minimum} and {INT_RANGE[1]}, got {value}")
     return checker
 
 
 def _check_eta(value: Any) -> None:
-    if value is None or isinstance(value, timedelta):
+    if value is None:
         return
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ConfigurationError(
                 f"eta must be a timezone-aware datetime, got the naive {value.isoformat()}")
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        seconds = (value - datetime.now(UTC)).total_seconds()
+    elif isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
         raise ConfigurationError(
             f"eta must be seconds from now, a timedelta or an aware datetime, got {value!r}")
+    else:
+        seconds = float(value)
+    if seconds > MAX_ETA_SECONDS:
+        raise ConfigurationError(f"eta must be within 100 years, got {value!r}")
 
 
 def _check_timeout(value: Any) -> None:

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
+import re
 import sys
 
 from errand.app import App
 from errand.errors import ConfigurationError
+from errand.tasks import Task
+
+_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")
+
+
+def _is_factory(value: object) -> bool:
+    """A callable that needs no argument (`create_app`); a task or another function is not."""
+    if isinstance(value, App | Task) or not callable(value):
+        return False
+    try:
+        inspect.signature(value).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def import_app(spec: str) -> App:
     """`package.module:attribute`; the attribute defaults to `app` and may be a factory."""
-    module_name, _, attribute = spec.partition(":")
+    if not _SPEC.match(spec.strip()):
+        raise ConfigurationError(
+            f"the app {spec!r} should look like myproject.tasks:app (module:attribute)")
+    module_name, _, attribute = spec.strip().partition(":")
     attribute = attribute or "app"
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`, find modules of this folder
@@ -29,7 +48,7 @@ def import_app(spec: str) -> App:
     except AttributeError:
         raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}") \
             from None
-    if not isinstance(found, App) and callable(found):
+    if _is_factory(found):
         found = found()
     if not isinstance(found, App):
         raise ConfigurationError(f"{spec!r} is a {type(found).__name__}, not an errand.App")

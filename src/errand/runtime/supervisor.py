@@ -182,7 +182,8 @@ class Worker:
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()
-        log.info("worker %s stopped after %d job(s)", self.id, self.jobs_run)
+        if self.backend is not None:  # it started; otherwise the error says it all
+            log.info("worker %s stopped after %d job(s)", self.id, self.jobs_run)
 
     # -- the loop ----------------------------------------------------------------------
 

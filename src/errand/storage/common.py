@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from errand.channels import ChannelConfig, ChannelPlan
+from errand.errors import ConfigurationError
 from errand.jobs import (
     CANCEL_FROM,
     REQUEUE_FROM,
@@ -39,8 +40,11 @@ class SqlBackend(ABC):
 
     dialect: str
     url: str
+    where: str  # the database, for messages: "SQLite database /x.db"
     queries: dict[str, list[str]]
     nested_json: bool
+    latest_version: int
+    applied_on_open: list[int]
 
     # -- what a dialect provides -------------------------------------------------------
 
@@ -61,6 +65,10 @@ class SqlBackend(ABC):
         return self._transaction(lambda run: run(name, params))
 
     @abstractmethod
+    def _apply_migrations(self) -> list[int]:
+        """Apply the missing migrations under the schema lock; return their versions."""
+
+    @abstractmethod
     def _when(self, value: Any) -> datetime | None:
         """A stored time as an aware datetime."""
 
@@ -71,6 +79,27 @@ class SqlBackend(ABC):
     @abstractmethod
     def _list_param(self, values: Sequence[Any]) -> Any:
         """A list of values (uuids, states) as a query parameter."""
+
+    # -- schema ----------------------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        """Create or upgrade the schema on first use, so the quick start needs no step."""
+        exists = self._read("schema_table_exists", {})[0][0]
+        version = self.schema_version() if exists else 0
+        if version > self.latest_version:
+            raise ConfigurationError(
+                f"the errand schema in {self.where} is version {version}, newer than this "
+                f"errand knows ({self.latest_version}); upgrade errand")
+        self.applied_on_open = self._apply_migrations() if version < self.latest_version else []
+
+    def migrate(self) -> list[int]:
+        """The migrations this backend applied: when it opened, and now."""
+        applied = self.applied_on_open + self._apply_migrations()
+        self.applied_on_open = []
+        return applied
+
+    def schema_version(self) -> int:
+        return int(self._read("schema_version", {})[0][0])
 
     # -- producer side ---------------------------------------------------------------
 

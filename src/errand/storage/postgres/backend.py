@@ -54,25 +54,26 @@ class PostgresBackend(SqlBackend):
     dialect = "postgresql"
     queries = _QUERIES
     nested_json = True
+    latest_version = LATEST_VERSION
 
     def __init__(self, url: str, *, pooled: bool = True, pool_size: int = 10) -> None:
         self.url = url
-        self._where = describe(url)
+        self.where = describe(url)
         self._pool: ConnectionPool | None = None
         self._conn: psycopg.Connection[Any] | None = None
-        with self._connection_error("connect to"):
+        with self._connection_error("connect to"):  # fail fast, with the server's reason
             first = psycopg.connect(url, **_CONNECT_OPTIONS)
-        try:
-            self._ensure_schema(first)
-        except BaseException:
-            first.close()
-            raise
         if pooled:
             first.close()
             self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=10,
                                         kwargs=_CONNECT_OPTIONS, name="errand", open=True)
         else:
             self._conn = first
+        try:
+            self._ensure_schema()
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections -----------------------------------------------------------------
 
@@ -82,7 +83,7 @@ class PostgresBackend(SqlBackend):
             yield
         except (psycopg.OperationalError, PoolTimeout) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DatabaseError(f"cannot {doing} {self._where}: {reason}") from exc
+            raise DatabaseError(f"cannot {doing} {self.where}: {reason}") from exc
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -116,23 +117,9 @@ class PostgresBackend(SqlBackend):
 
     # -- schema ----------------------------------------------------------------------
 
-    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
-        with self._connection_error("read the schema version of"):
-            exists = conn.execute(self.queries["schema_table_exists"][0]).fetchone()
-            version = 0
-            if exists and exists[0]:
-                row = conn.execute(self.queries["schema_version"][0]).fetchone()
-                version = row[0] if row else 0
-        if version > LATEST_VERSION:
-            raise ConfigurationError(
-                f"the errand schema in {self._where} is version {version}, newer than this "
-                f"errand knows ({LATEST_VERSION}); upgrade errand")
-        if version < LATEST_VERSION:
-            self._migrate(conn)
-
-    def _migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
+    def _apply_migrations(self) -> list[int]:
         applied = []
-        with self._connection_error("migrate"), conn.transaction():
+        with self._connection() as conn, conn.transaction():
             conn.execute(self.queries["lock_schema"][0])
             conn.execute(self.queries["create_schema_table"][0])
             row = conn.execute(self.queries["schema_version"][0]).fetchone()
@@ -143,14 +130,6 @@ class PostgresBackend(SqlBackend):
                     conn.execute(self.queries["record_version"][0], {"version": version})
                     applied.append(version)
         return applied
-
-    def migrate(self) -> list[int]:
-        with self._connection() as conn:
-            return self._migrate(conn)
-
-    def schema_version(self) -> int:
-        rows = self._read("schema_version", {})
-        return int(rows[0][0])
 
     # -- dialect details -------------------------------------------------------------
 
@@ -172,7 +151,7 @@ class PostgresBackend(SqlBackend):
                 "store in JSON") from exc
 
     def waker(self) -> PostgresWaker:
-        return PostgresWaker(self.url, self._where)
+        return PostgresWaker(self.url, self.where)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -204,7 +183,7 @@ class PostgresWaker:
     poll_interval = 1.0
 
     def __init__(self, url: str, where: str) -> None:
-        self._where = where
+        self.where = where
         try:
             self._conn = psycopg.connect(url, **_CONNECT_OPTIONS)
             self._conn.execute("LISTEN errand_jobs")
@@ -224,7 +203,7 @@ class PostgresWaker:
                 else:
                     work = True
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"lost the LISTEN connection to {self._where}: {exc}") from exc
+            raise DatabaseError(f"lost the LISTEN connection to {self.where}: {exc}") from exc
         return work, control
 
     def close(self) -> None:

@@ -55,6 +55,7 @@ class SqliteBackend(SqlBackend):
     dialect = "sqlite"
     queries = _QUERIES
     nested_json = False
+    latest_version = LATEST_VERSION
 
     def __init__(self, url: str) -> None:
         if sqlite3.sqlite_version_info < MINIMUM_SQLITE:
@@ -63,6 +64,7 @@ class SqliteBackend(SqlBackend):
                 f"{sqlite3.sqlite_version}")
         self.url = url
         self.path = path_from_url(url)
+        self.where = f"SQLite database {self.path}"
         self._local = threading.local()
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
@@ -153,19 +155,7 @@ class SqliteBackend(SqlBackend):
 
     # -- schema ----------------------------------------------------------------------
 
-    def _ensure_schema(self) -> None:
-        version = 0
-        with self._errors("read the schema version of"):
-            if self._read("schema_table_exists", {})[0][0]:
-                version = self.schema_version()
-        if version > LATEST_VERSION:
-            raise ConfigurationError(
-                f"the errand schema in {self.path} is version {version}, newer than this "
-                f"errand knows ({LATEST_VERSION}); upgrade errand")
-        if version < LATEST_VERSION:
-            self.migrate()
-
-    def migrate(self) -> list[int]:
+    def _apply_migrations(self) -> list[int]:
         with self._errors("migrate"):
             applied: list[int] = self._retry_locked(self._migrate)
             return applied
@@ -189,9 +179,6 @@ class SqliteBackend(SqlBackend):
                 conn.execute("ROLLBACK")
             raise
         return applied
-
-    def schema_version(self) -> int:
-        return int(self._read("schema_version", {})[0][0])
 
     # -- dialect details -------------------------------------------------------------
 
