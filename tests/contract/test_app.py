@@ -208,3 +208,13 @@ def test_postgres_nul_characters_get_a_clear_error(postgres_url: str, text: str)
     with pytest.raises(SerializationError, match="NUL"):
         send.delay(text)
     app.close()
+
+
+def test_postgres_connection_to_another_database_is_refused(postgres_url: str) -> None:
+    app = errand.App(postgres_url)
+    send = app.task(name="t")(lambda value: value)
+    other = psycopg.connect(postgres_url.replace("/test?", "/postgres?"))
+    with pytest.raises(ConfigurationError, match="open on database 'postgres'"):
+        send.with_delay(connection=other)(1)
+    other.close()
+    app.close()

@@ -28,6 +28,10 @@ _MIGRATIONS = load_migrations(_PACKAGE)
 LATEST_VERSION = _MIGRATIONS[-1][0]
 
 # A dead server or network must surface as an error within seconds, not hang a worker.
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    _run_block(conn, _QUERIES["connection_setup"], {})
+
+
 _CONNECT_OPTIONS: dict[str, Any] = {
     "autocommit": True,
     "connect_timeout": 5,
@@ -63,10 +67,13 @@ class PostgresBackend(SqlBackend):
         self._conn: psycopg.Connection[Any] | None = None
         with self._connection_error("connect to"):  # fail fast, with the server's reason
             first = psycopg.connect(url, **_CONNECT_OPTIONS)
+            _configure(first)
+            self._identity = _run_block(first, self.queries["database_identity"], {})[0]
         if pooled:
             first.close()
             self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=10,
-                                        kwargs=_CONNECT_OPTIONS, name="errand", open=True)
+                                        kwargs=_CONNECT_OPTIONS, configure=_configure,
+                                        name="errand", open=True)
         else:
             self._conn = first
         try:
@@ -97,6 +104,7 @@ class PostgresBackend(SqlBackend):
                     self._conn.close()
                 self._conn = None
                 self._conn = psycopg.connect(self.url, **_CONNECT_OPTIONS)
+                _configure(self._conn)
             yield self._conn
 
     def _read(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -113,6 +121,11 @@ class PostgresBackend(SqlBackend):
                 "connection= must be a psycopg Connection when the app uses PostgreSQL, "
                 f"got {type(connection).__module__}.{type(connection).__qualname__}")
         with self._connection_error("use the given connection to"):
+            theirs = _run_block(connection, self.queries["database_identity"], {})[0]
+            if theirs != self._identity:
+                raise ConfigurationError(
+                    f"connection= is open on database {theirs[0][0]!r}, but the app's "
+                    f"database is {self._identity[0][0]!r}")
             return work(lambda name, params: _run_block(connection, self.queries[name], params))
 
     # -- schema ----------------------------------------------------------------------
@@ -186,8 +199,7 @@ class PostgresWaker:
         self.where = where
         try:
             self._conn = psycopg.connect(url, **_CONNECT_OPTIONS)
-            self._conn.execute("LISTEN errand_jobs")
-            self._conn.execute("LISTEN errand_control")
+            _run_block(self._conn, _QUERIES["watch_changes"], {})
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"cannot listen on {where}: {exc}") from exc
 

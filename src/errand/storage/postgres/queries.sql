@@ -2,6 +2,18 @@
 -- file defines the same names. Batches arrive as one JSON document, unpacked with
 -- jsonb_to_recordset, so one statement (one round trip) handles any number of jobs.
 
+-- name: connection_setup
+-- A lock held elsewhere (say, a long transaction touching errand_jobs) must surface as an
+-- error the worker retries, not freeze its loop and its heartbeats.
+SET lock_timeout = '10s';
+
+-- name: watch_changes
+LISTEN errand_jobs;
+LISTEN errand_control;
+
+-- name: database_identity
+SELECT current_database();
+
 -- name: schema_table_exists
 SELECT to_regclass('errand_schema_version') IS NOT NULL;
 

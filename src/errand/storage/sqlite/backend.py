@@ -30,7 +30,7 @@ _MIGRATIONS = load_migrations(_PACKAGE)
 LATEST_VERSION = _MIGRATIONS[-1][0]
 MINIMUM_SQLITE = (3, 35, 0)  # RETURNING
 
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT = 5.0  # seconds SQLite itself waits for a lock (connection_setup says the same)
 LOCKED_GIVE_UP_AFTER = 120.0
 
 
@@ -76,12 +76,9 @@ class SqliteBackend(SqlBackend):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
                                    isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            self._retry_locked(lambda: _run_block(conn, self.queries["connection_setup"], {}))
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
@@ -142,8 +139,8 @@ class SqliteBackend(SqlBackend):
             raise ConfigurationError(
                 "connection= must be a sqlite3.Connection when the app uses SQLite, "
                 f"got {type(connection).__module__}.{type(connection).__qualname__}")
-        databases = connection.execute("PRAGMA database_list").fetchall()
-        main = next((row[2] for row in databases if row[1] == "main"), "")
+        row = connection.execute(self.queries["database_identity"][0]).fetchone()
+        main = row[0] if row else ""
         if not main or os.path.realpath(main) != os.path.realpath(self.path):
             raise ConfigurationError(
                 f"connection= is open on {main or 'an in-memory database'}, but the app's "
@@ -199,7 +196,7 @@ class SqliteBackend(SqlBackend):
 
     def data_version(self) -> int:
         """Changes when another connection commits; a cheap way to poll for news."""
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._conn.execute(self.queries["watch_changes"][0]).fetchone()[0])
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -3,6 +3,19 @@
 -- first statement's rows are its result. Times are epoch seconds from SQLite's clock:
 -- (julianday('now') - 2440587.5) * 86400.0. Batches arrive as one JSON document.
 
+-- name: connection_setup
+PRAGMA busy_timeout = 5000;
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA foreign_keys = ON;
+
+-- name: watch_changes
+-- Changes whenever another connection commits: polling it costs no I/O.
+PRAGMA data_version;
+
+-- name: database_identity
+SELECT file FROM pragma_database_list WHERE name = 'main';
+
 -- name: schema_table_exists
 SELECT count(*) > 0 FROM sqlite_master
 WHERE type = 'table' AND name = 'errand_schema_version';
