@@ -7,7 +7,6 @@ import threading
 import uuid as uuid_module
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, overload
 from uuid import UUID
 
@@ -30,8 +29,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 StoreHook = Callable[[list[tuple[Task[Any, Any], NewJob]]], list[Job[Any]]]
-SUBMIT_HOOK: ContextVar[StoreHook | None] = ContextVar("errand_submit_hook", default=None)
-"""Set by `errand.testing.trap_jobs` to catch jobs before they reach the database."""
+SUBMIT_HOOKS: list[StoreHook] = []
+"""Pushed by `errand.testing.trap_jobs`: the last one catches every job of the process
+(every thread) before it reaches the database."""
 
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
 _fork_hook_installed = False
@@ -186,9 +186,8 @@ class App:
 
     def _store(self, entries: list[tuple[Task[Any, Any], NewJob]],
                connection: Any) -> list[Job[Any]]:
-        hook = SUBMIT_HOOK.get()
-        if hook is not None:
-            return hook(entries)
+        if SUBMIT_HOOKS:
+            return SUBMIT_HOOKS[-1](entries)
         if no_delay_enabled():
             return run_inline(entries)
         rows = self.backend.enqueue([new for _, new in entries], connection)

@@ -31,9 +31,13 @@ def unstored_row(new: NewJob, state: State, *, result: str | None = None,
         identity_key=new.identity_key)
 
 
-def run_inline(calls: Sequence[tuple[Task[Any, Any], NewJob]]) -> list[Job[Any]]:
-    """Run each call now, in order; an exception propagates to the caller."""
-    results: dict[str, str] = {}
+def run_inline(calls: Sequence[tuple[Task[Any, Any], NewJob]],
+               results: dict[str, str] | None = None) -> list[Job[Any]]:
+    """Run each call now, in order; an exception propagates to the caller.
+
+    `results` (uuid -> result JSON) holds results of jobs run before, and receives these.
+    """
+    results = {} if results is None else results
     handles = []
     for task, new in calls:
         parents = {str(p): serialization.loads(results[str(p)])

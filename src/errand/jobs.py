@@ -158,6 +158,7 @@ class ClaimedJob:
     timeout: float | None
     channel: str
     parent_results: dict[str, str | None] = field(default_factory=dict)
+    has_children: bool = False  # jobs wait for it: its end may release them
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class Finish:
     traceback: str | None = None
     duration: float | None = None
     memory_mb: float | None = None
+    has_children: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,8 @@ def settle(job: ClaimedJob, end: TryEnd) -> Finish:
         id=job.id, attempt=job.attempt, state=state, outcome=end.outcome, retries=retries,
         delay=delay, result=end.result, error_type=end.error_type,
         error_message=end.error_message,
-        traceback=end.traceback, duration=end.duration, memory_mb=end.memory_mb)
+        traceback=end.traceback, duration=end.duration, memory_mb=end.memory_mb,
+        has_children=job.has_children)
 
 
 def _next_state(job: ClaimedJob, end: TryEnd) -> tuple[State, int, float]:

@@ -226,9 +226,6 @@ def test_assert_enqueued_job_failure_shows_what_was_enqueued_instead(
                                      properties={"colour": "blue"})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TrappedJob.properties (errand/testing/__init__.py:54) reports an eta given as a "
-    "timedelta as seconds (60.0), so asserting the timedelta that was passed never matches"))
 def test_an_eta_given_as_a_timedelta_is_asserted_as_given(kit: SimpleNamespace) -> None:
     with trap_jobs() as trap:
         kit.send_email.with_delay(eta=timedelta(minutes=1))("a@x", "Hi")
@@ -340,9 +337,6 @@ def test_the_trap_ends_with_its_block(kit: SimpleNamespace,
     assert kit.ran == ["after"] and after.state == "done"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SUBMIT_HOOK (errand/app.py:33) is a ContextVar, which new threads do not inherit: a job "
-    "enqueued from a thread inside trap_jobs() goes to the database"))
 def test_jobs_enqueued_from_another_thread_are_trapped(kit: SimpleNamespace,
                                                        db_path: Path) -> None:
     with trap_jobs() as trap:

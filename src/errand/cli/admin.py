@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from rich.table import Table
@@ -136,18 +137,24 @@ def _workers(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_channels_arguments(parser: argparse.ArgumentParser) -> None:
+def add_channels_arguments(parser: argparse.ArgumentParser,
+                           common: Callable[[argparse.ArgumentParser], None]) -> None:
     add_json(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     change = actions.add_parser("set", help="set a channel's capacity (every worker, "
                                              "within a second)")
+    common(change)
+    add_json(change)
     change.add_argument("name")
     change.add_argument("capacity", type=int)
     change.add_argument("--sequential", action="store_true",
                         help="one job at a time, in order; stops at a failed job")
     for name, help_text in (("pause", "start no more jobs of a channel"),
                             ("resume", "start jobs of a paused channel again")):
-        actions.add_parser(name, help=help_text).add_argument("name")
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("name")
+        common(action)
+        add_json(action)
 
 
 def _channels(app: App, args: argparse.Namespace) -> int:

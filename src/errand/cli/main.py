@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_arguments(command("jobs", "list, show and steer jobs"), _common)
     admin.add_json(command("workers", "workers, their heartbeat and their jobs"))
     admin.add_channels_arguments(command("channels", "channels, their capacity and their "
-                                                     "jobs; set, pause, resume"))
+                                                     "jobs; set, pause, resume"), _common)
     stats = command("stats", "jobs per task over the last days")
     stats.add_argument("--days", type=float, default=7.0, help="period (default: 7)")
     admin.add_json(stats)

@@ -175,7 +175,18 @@ class SqlBackend(ABC):
         return self._change("requeue_jobs", uuids, REQUEUE_FROM)
 
     def set_done(self, uuids: Sequence[UUID], result: str | None) -> list[UUID]:
-        return self._change("set_jobs_done", uuids, SET_DONE_FROM, result=result)
+        if not uuids:
+            return []
+        params = {"uuids": self._list_param([str(u) for u in uuids]), "result": result,
+                  "from_states": self._list_param(sorted(s.value for s in SET_DONE_FROM))}
+
+        def work(run: Run) -> Rows:
+            done, _ = run("set_jobs_done", params)
+            if done:
+                run("release_children", {"ids": self._list_param([row[1] for row in done])})
+            return done
+
+        return [rows.as_uuid(row[0]) for row in self._transaction(work)]
 
     def purge(self, older_than: float, states: Sequence[State], limit: int) -> int:
         params = {"older_than": older_than, "limit": limit,
@@ -247,12 +258,19 @@ class SqlBackend(ABC):
             found, _ = run("stuck_channels", {"sequential": self._list_param(sequential)})
             stuck = {row[0] for row in found}
         plan = ChannelPlan(dict(channels), running, stuck)
+        # A sequential channel offers only its head; the general query leaves it out.
+        open_sequential = [name for name in sequential if plan.free.get(name) != 0]
+        heads: Rows = []
+        if open_sequential:
+            heads, _ = run("sequential_heads", {"names": self._list_param(open_sequential)})
         chosen: list[int] = []
         batch = max(limit * 4, 20)
         for _ in range(4):
-            candidates, _ = run("ready_jobs", {"blocked": self._list_param(plan.blocked()),
-                                               "limit": batch})
-            for job_id, channel in candidates:
+            blocked = self._list_param(sorted(set(plan.blocked()) | set(sequential)))
+            candidates, _ = run("ready_jobs", {"blocked": blocked, "limit": batch})
+            offered = sorted([*heads, *candidates], key=lambda row: (row[2], row[3], row[0]))
+            heads = []
+            for job_id, channel, _priority, _eta in offered:
                 if job_id not in chosen and plan.take(channel):
                     chosen.append(job_id)
                     if len(chosen) == limit:
@@ -284,9 +302,20 @@ class SqlBackend(ABC):
     def finish(self, worker_id: str, finishes: Sequence[Finish]) -> list[int]:
         if not finishes:
             return []
-        document = rows.finishes_document(finishes, self.nested_json)
-        applied, _ = self._write("finish_jobs", {"worker": worker_id, "finishes": document})
-        return [row[0] for row in applied]
+        params = {"worker": worker_id,
+                  "finishes": rows.finishes_document(finishes, self.nested_json)}
+        if not any(f.has_children for f in finishes):
+            applied, _ = self._write("finish_jobs", params)  # one statement, one round trip
+            return [row[0] for row in applied]
+
+        def work(run: Run) -> Rows:
+            applied, _ = run("finish_jobs", params)
+            parents = [row[0] for row in applied if row[1]]
+            if parents:
+                run("release_children", {"ids": self._list_param(parents)})
+            return applied
+
+        return [row[0] for row in self._transaction(work)]
 
     def save_progress(self, updates: Sequence[Progress]) -> None:
         if updates:

@@ -50,7 +50,7 @@ def claimed_job(row: Sequence[Any], uuid: Convert,
     return ClaimedJob(
         id=row[0], uuid=uuid(row[1]), task=row[2], args=row[3], kwargs=row[4], context=row[5],
         attempt=row[6], retries=row[7], max_retries=row[8], retry_pattern=row[9],
-        timeout=row[10], channel=row[11], parent_results=parents)
+        timeout=row[10], channel=row[11], parent_results=parents, has_children=row[13])
 
 
 def worker_row(row: Sequence[Any], when: Convert) -> WorkerRow:

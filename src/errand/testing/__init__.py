@@ -15,13 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from errand import serialization
-from errand.app import SUBMIT_HOOK
+from errand.app import SUBMIT_HOOKS
 from errand.handle import Job
 from errand.inline import run_inline, unstored_row
 from errand.jobs import NewJob, State
+from errand.options import split_eta
 from errand.retry import decode_pattern
 from errand.tasks import Task
 
@@ -97,7 +99,8 @@ class JobsTrap:
             unknown = sorted(set(properties or {}) - set(actual))
             if unknown:
                 raise AssertionError(f"unknown properties {unknown}; known: {sorted(actual)}")
-            if all(actual[key] == value for key, value in (properties or {}).items()):
+            if all(actual[key] == _normal(key, value)
+                   for key, value in (properties or {}).items()):
                 return trapped
         wanted = ", ".join([repr(a) for a in args]
                            + [f"{k}={v!r}" for k, v in wanted_kwargs.items()])
@@ -109,13 +112,21 @@ class JobsTrap:
 
     def perform_enqueued_jobs(self) -> list[Job[Any]]:
         """Run the trapped jobs here, parents before children; their handles become done."""
-        pending = [t for t in self.enqueued_jobs if not t.job.finished]
-        order = _parents_first(pending)
-        results = run_inline([(t.task, t.new) for t in order])
-        for trapped, result in zip(order, results, strict=True):
+        order = _parents_first([t for t in self.enqueued_jobs if not t.job.finished])
+        results = {str(t.new.uuid): t.job._row.result or "null"
+                   for t in self.enqueued_jobs if t.job.finished}
+        for trapped in order:  # one at a time: a failure leaves the jobs before it done
+            [result] = run_inline([(trapped.task, trapped.new)], results)
             trapped.job._row = result._row
             trapped.job._inline_logs = result._inline_logs
         return [t.job for t in order]
+
+
+def _normal(key: str, value: Any) -> Any:
+    """An expected property as the trap reports it (an eta as a timedelta is seconds)."""
+    if key == "eta" and not isinstance(value, datetime):
+        return split_eta(value)[1]
+    return value
 
 
 def _shown(actual: dict[str, Any], asked: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -144,10 +155,11 @@ def _parents_first(trapped: list[TrappedJob]) -> list[TrappedJob]:
 
 @contextmanager
 def trap_jobs() -> Iterator[JobsTrap]:
-    """Catch every job enqueued in this context (any App); nothing reaches the database."""
+    """Catch every job enqueued in this block, by any App and any thread of the process;
+    nothing reaches the database."""
     trap = JobsTrap()
-    token = SUBMIT_HOOK.set(trap._catch)
+    SUBMIT_HOOKS.append(trap._catch)
     try:
         yield trap
     finally:
-        SUBMIT_HOOK.reset(token)
+        SUBMIT_HOOKS.remove(trap._catch)

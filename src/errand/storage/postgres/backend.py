@@ -111,6 +111,13 @@ class PostgresBackend(SqlBackend):
         with self._connection() as conn:
             return _run_block(conn, self.queries[name], params)[0]
 
+    def _write(self, name: str, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+        statements = self.queries[name]
+        if len(statements) > 1:
+            return super()._write(name, params)
+        with self._connection() as conn:  # autocommit: one statement is one round trip
+            return _execute(conn, statements[0], params)
+
     def _transaction(self, work: Callable[[Run], T]) -> T:
         with self._connection() as conn, conn.transaction():
             return work(lambda name, params: _run_block(conn, self.queries[name], params))

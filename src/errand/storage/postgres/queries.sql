@@ -116,29 +116,17 @@ SELECT uuid, pg_notify('errand_control', 'cancel') FROM cancelled;
 
 -- name: requeue_jobs
 UPDATE errand_jobs
-SET state = 'pending', eta = now(), retries = 0, result = NULL, error_type = NULL,
+SET state = 'pending', eta = least(eta, now()), retries = 0, result = NULL, error_type = NULL,
     error_message = NULL, progress = 0, status_message = NULL, ended_at = NULL
 WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
 RETURNING uuid;
 
 -- name: set_jobs_done
-WITH done AS (
-    UPDATE errand_jobs
-    SET state = 'done', result = %(result)s::jsonb, error_type = NULL, error_message = NULL,
-        progress = 100, ended_at = now()
-    WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
-    RETURNING id, uuid
-), released AS (
-    UPDATE errand_jobs AS child SET state = 'pending'
-    WHERE child.state = 'wait_dependencies'
-      AND child.id IN (SELECT d.job_id FROM errand_dependencies d
-                       JOIN done ON d.depends_on = done.id)
-      AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
-                      JOIN errand_jobs parent ON parent.id = d.depends_on
-                      WHERE d.job_id = child.id AND parent.state <> 'done'
-                        AND parent.id NOT IN (SELECT id FROM done))
-)
-SELECT uuid FROM done;
+UPDATE errand_jobs
+SET state = 'done', result = %(result)s::jsonb, error_type = NULL, error_message = NULL,
+    progress = 100, ended_at = now()
+WHERE uuid = ANY(%(uuids)s::uuid[]) AND state = ANY(%(from_states)s::text[])
+RETURNING uuid, id;
 
 -- name: purge_jobs
 DELETE FROM errand_jobs
@@ -214,7 +202,8 @@ WITH picked AS MATERIALIZED (
 )
 SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
        timeout, channel,
-       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id)
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id),
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = claimed.id)
 FROM claimed
 ORDER BY priority, eta, id;
 
@@ -237,12 +226,24 @@ WHERE EXISTS (SELECT 1 FROM errand_jobs j
                      OR left(j.channel, length(s.name) + 1) = s.name || '.'));
 
 -- name: ready_jobs
-SELECT id, channel FROM errand_jobs
+SELECT id, channel, priority, eta FROM errand_jobs
 WHERE state = 'pending' AND eta <= now()
   AND NOT EXISTS (SELECT 1 FROM unnest(%(blocked)s::text[]) AS b(name)
                   WHERE channel = b.name OR left(channel, length(b.name) + 1) = b.name || '.')
 ORDER BY priority, eta, id
 LIMIT %(limit)s;
+
+-- name: sequential_heads
+-- The next job of each sequential channel: a job already tried (retried or requeued)
+-- finishes its turn before the channel moves on, then priority, eta, creation.
+SELECT head.id, s.name, head.priority, head.eta
+FROM unnest(%(names)s::text[]) AS s(name)
+CROSS JOIN LATERAL (
+    SELECT id, priority, eta FROM errand_jobs
+    WHERE state = 'pending' AND eta <= now()
+      AND (channel = s.name OR left(channel, length(s.name) + 1) = s.name || '.')
+    ORDER BY attempt > 0 DESC, priority, eta, id
+    LIMIT 1) AS head;
 
 -- name: claim_chosen
 WITH claimed AS (
@@ -259,7 +260,8 @@ WITH claimed AS (
 )
 SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
        timeout, channel,
-       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id)
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id),
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = claimed.id)
 FROM claimed
 ORDER BY priority, eta, id;
 
@@ -331,20 +333,30 @@ WITH f AS MATERIALIZED (
     WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = %(worker)s
       AND j.state IN ('enqueued', 'started')
     RETURNING j.id, j.state
-), released AS (
-    UPDATE errand_jobs AS child SET state = 'pending'
-    WHERE child.state = 'wait_dependencies'
-      AND child.id IN (SELECT d.job_id FROM errand_dependencies d
-                       JOIN jobs ON d.depends_on = jobs.id WHERE jobs.state = 'done')
-      AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
-                      JOIN errand_jobs parent ON parent.id = d.depends_on
-                      WHERE d.job_id = child.id AND parent.state <> 'done'
-                        AND parent.id NOT IN (SELECT id FROM jobs WHERE jobs.state = 'done'))
 ), counted AS (
     UPDATE errand_workers SET jobs_done = jobs_done + (SELECT count(*) FROM jobs)
     WHERE id = %(worker)s
 )
-SELECT id FROM jobs;
+SELECT id, state = 'done' AND EXISTS (SELECT 1 FROM errand_dependencies d
+                                      WHERE d.depends_on = jobs.id)
+FROM jobs;
+
+-- name: release_children
+-- Children of the given jobs whose parents are now all done become pending. Locking the
+-- children first makes two transactions finishing a child's last parents take turns, so
+-- the second one (with a fresh snapshot) sees both parents done.
+SELECT id FROM errand_jobs
+WHERE state = 'wait_dependencies'
+  AND id IN (SELECT job_id FROM errand_dependencies WHERE depends_on = ANY(%(ids)s::bigint[]))
+ORDER BY id
+FOR UPDATE;
+UPDATE errand_jobs AS child SET state = 'pending'
+WHERE child.state = 'wait_dependencies'
+  AND child.id IN (SELECT job_id FROM errand_dependencies
+                   WHERE depends_on = ANY(%(ids)s::bigint[]))
+  AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
+                  JOIN errand_jobs parent ON parent.id = d.depends_on
+                  WHERE d.job_id = child.id AND parent.state <> 'done');
 
 -- name: save_progress
 UPDATE errand_jobs AS j SET progress = p.percent, status_message = p.message

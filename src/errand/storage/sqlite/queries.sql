@@ -126,7 +126,7 @@ RETURNING uuid;
 
 -- name: requeue_jobs
 UPDATE errand_jobs
-SET state = 'pending', eta = (julianday('now') - 2440587.5) * 86400.0, retries = 0,
+SET state = 'pending', eta = min(eta, (julianday('now') - 2440587.5) * 86400.0), retries = 0,
     result = NULL, error_type = NULL, error_message = NULL, progress = 0,
     status_message = NULL, ended_at = NULL
 WHERE uuid IN (SELECT value FROM json_each(:uuids))
@@ -139,13 +139,15 @@ SET state = 'done', result = :result, error_type = NULL, error_message = NULL,
     progress = 100, ended_at = (julianday('now') - 2440587.5) * 86400.0
 WHERE uuid IN (SELECT value FROM json_each(:uuids))
   AND state IN (SELECT value FROM json_each(:from_states))
-RETURNING uuid;
--- Release the jobs whose parents are now all done.
+RETURNING uuid, id;
+
+-- name: release_children
+-- Children of the given jobs whose parents are now all done become pending (writes take
+-- turns on SQLite, so every parent's state is current here).
 UPDATE errand_jobs SET state = 'pending'
 WHERE state = 'wait_dependencies'
-  AND id IN (SELECT d.job_id FROM errand_dependencies d
-             JOIN errand_jobs parent ON parent.id = d.depends_on
-             WHERE parent.uuid IN (SELECT value FROM json_each(:uuids)))
+  AND id IN (SELECT job_id FROM errand_dependencies
+             WHERE depends_on IN (SELECT value FROM json_each(:ids)))
   AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
                   JOIN errand_jobs parent ON parent.id = d.depends_on
                   WHERE d.job_id = errand_jobs.id AND parent.state <> 'done');
@@ -218,7 +220,8 @@ WHERE id IN (SELECT id FROM errand_jobs
              LIMIT :limit)
 RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
           timeout, channel,
-          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id);
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id),
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = errand_jobs.id);
 -- Open a try row for each job just claimed (this worker's enqueued jobs without one).
 INSERT INTO errand_attempts (job_id, attempt, worker_id)
 SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
@@ -246,13 +249,27 @@ WHERE EXISTS (SELECT 1 FROM errand_jobs j
                      OR substr(j.channel, 1, length(s.value) + 1) = s.value || '.'));
 
 -- name: ready_jobs
-SELECT id, channel FROM errand_jobs
+SELECT id, channel, priority, eta FROM errand_jobs
 WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
   AND NOT EXISTS (SELECT 1 FROM json_each(:blocked) AS b
                   WHERE channel = b.value
                      OR substr(channel, 1, length(b.value) + 1) = b.value || '.')
 ORDER BY priority, eta, id
 LIMIT :limit;
+
+-- name: sequential_heads
+-- The next job of each sequential channel: a job already tried (retried or requeued)
+-- finishes its turn before the channel moves on, then priority, eta, creation.
+SELECT head.id, head.name, j.priority, j.eta
+FROM (SELECT s.value AS name,
+             (SELECT id FROM errand_jobs
+              WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
+                AND (channel = s.value
+                     OR substr(channel, 1, length(s.value) + 1) = s.value || '.')
+              ORDER BY attempt > 0 DESC, priority, eta, id
+              LIMIT 1) AS id
+      FROM json_each(:names) AS s) AS head
+JOIN errand_jobs j ON j.id = head.id;
 
 -- name: claim_chosen
 UPDATE errand_jobs
@@ -261,7 +278,8 @@ SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'pending'
 RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
           timeout, channel,
-          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id);
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id),
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = errand_jobs.id);
 -- Open a try row for each job just claimed (this worker's enqueued jobs without one).
 INSERT INTO errand_attempts (job_id, attempt, worker_id)
 SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
@@ -326,18 +344,10 @@ FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt')
       FROM json_each(:finishes)) AS f
 WHERE errand_jobs.id = f.id AND errand_jobs.attempt = f.attempt
   AND errand_jobs.worker_id = :worker AND errand_jobs.state IN ('enqueued', 'started')
-RETURNING id;
+RETURNING id, state = 'done' AND EXISTS (SELECT 1 FROM errand_dependencies d
+                                         WHERE d.depends_on = errand_jobs.id);
 -- changes() still counts the job rows the statement above updated.
 UPDATE errand_workers SET jobs_done = jobs_done + changes() WHERE id = :worker;
--- Release the jobs whose parents are now all done.
-UPDATE errand_jobs SET state = 'pending'
-WHERE state = 'wait_dependencies'
-  AND id IN (SELECT d.job_id FROM errand_dependencies d
-             WHERE d.depends_on IN (SELECT json_extract(value, '$.id') FROM json_each(:finishes)
-                                    WHERE json_extract(value, '$.state') = 'done'))
-  AND NOT EXISTS (SELECT 1 FROM errand_dependencies d
-                  JOIN errand_jobs parent ON parent.id = d.depends_on
-                  WHERE d.job_id = errand_jobs.id AND parent.state <> 'done');
 UPDATE errand_attempts
 SET ended_at = (julianday('now') - 2440587.5) * 86400.0, outcome = f.outcome,
     result = f.result, error_type = f.error_type, error_message = f.error_message,
