@@ -90,6 +90,12 @@ class ChannelPlan:
         """The configured channels a job of `channel` counts against, root first."""
         return [name for name in ancestors(channel) if name in self.channels]
 
+    def has_room(self, jobs: int) -> bool:
+        """Could `jobs` more start anywhere without any limit saying no (none paused,
+        sequential or stuck, every capacity with that many free slots)?"""
+        return all(not config.sequential for config in self.channels.values()) and all(
+            free is None or free >= jobs for free in self.free.values())
+
     def blocked(self) -> list[str]:
         """Channels whose whole subtree cannot start a job now."""
         return sorted(name for name, free in self.free.items() if free == 0)

@@ -70,11 +70,12 @@ def test_every_query_has_a_statement(package: str) -> None:
     assert empty == []
 
 
-def test_both_dialects_have_the_same_numbered_migrations() -> None:
+def test_each_dialect_numbers_its_migrations_from_one() -> None:
     postgres, sqlite = (load_migrations(package) for package in DIALECTS)
     assert [v for v, _ in postgres] == list(range(1, len(postgres) + 1))
     assert [v for v, _ in sqlite] == list(range(1, len(sqlite) + 1))
-    assert len(postgres) == len(sqlite) >= 1
+    # Versions count per dialect: PostgreSQL has a migration of its own (the claim gate).
+    assert len(postgres) >= len(sqlite) >= 2
     assert all(sql.strip() for _, sql in postgres + sqlite)
 
 

@@ -6,6 +6,7 @@ and lists travel; everything else about an operation is written once here.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -230,7 +231,8 @@ class SqlBackend(ABC):
     def claim(self, worker_id: str, limit: int,
               channels: Mapping[str, ChannelConfig] | None = None) -> list[ClaimedJob]:
         if channels:
-            claimed = self._transaction(
+            gated = self._claim_gated(worker_id, limit, channels)
+            claimed = gated if gated is not None else self._transaction(
                 lambda run: self._claim_within_capacity(run, worker_id, limit, channels))
         else:
             claimed, _ = self._write("claim_jobs", {"worker": worker_id, "limit": limit})
@@ -241,6 +243,17 @@ class SqlBackend(ABC):
                                                      {"ids": self._list_param(waiting)}):
                 parents.setdefault(job_id, {})[str(rows.as_uuid(parent))] = result
         return [rows.claimed_job(row, rows.as_uuid, parents.get(row[0], {})) for row in claimed]
+
+    def _claim_gated(self, worker_id: str, limit: int,
+                     channels: Mapping[str, ChannelConfig]) -> Rows | None:
+        """The claim in one statement, when the database can check capacities itself;
+        None when the careful path must decide (the default here)."""
+        return None
+
+    @staticmethod
+    def _capacities(channels: Mapping[str, ChannelConfig]) -> str:
+        return json.dumps({name: config.capacity for name, config in channels.items()
+                           if config.capacity is not None})
 
     def _claim_within_capacity(self, run: Run, worker_id: str, limit: int,
                                channels: Mapping[str, ChannelConfig]) -> Rows:
@@ -258,6 +271,10 @@ class SqlBackend(ABC):
             found, _ = run("stuck_channels", {"sequential": self._list_param(sequential)})
             stuck = {row[0] for row in found}
         plan = ChannelPlan(dict(channels), running, stuck)
+        if plan.has_room(limit):  # no limit can say no: claim in plain priority order
+            found, _ = run("claim_gated", {"worker": worker_id, "limit": limit,
+                                           "caps": self._capacities(channels)})
+            return [row for row in found if row[0] is not None]
         # A sequential channel offers only its head; the general query leaves it out.
         open_sequential = [name for name in sequential if plan.free.get(name) != 0]
         heads: Rows = []

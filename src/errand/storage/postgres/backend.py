@@ -7,7 +7,7 @@ a fork, so the worker asks for `pooled=False`: one plain connection for its own 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from errand.channels import ChannelConfig
 from errand.errors import ConfigurationError, DatabaseError, SerializationError
 from errand.jobs import JobRow, NewJob
 from errand.storage.common import Run, SqlBackend, T
@@ -117,6 +118,17 @@ class PostgresBackend(SqlBackend):
             return super()._write(name, params)
         with self._connection() as conn:  # autocommit: one statement is one round trip
             return _execute(conn, statements[0], params)
+
+    def _claim_gated(self, worker_id: str, limit: int,
+                     channels: Mapping[str, ChannelConfig]) -> list[tuple[Any, ...]] | None:
+        """One round trip: the gate function takes the claim lock and checks capacities."""
+        if any(config.paused or config.sequential for config in channels.values()):
+            return None
+        rows, _ = self._write("claim_gated", {"worker": worker_id, "limit": limit,
+                                              "caps": self._capacities(channels)})
+        if rows and rows[-1][0] is None:
+            return None  # the gate is closed: some capacity is near its limit
+        return rows
 
     def _transaction(self, work: Callable[[Run], T]) -> T:
         with self._connection() as conn, conn.transaction():

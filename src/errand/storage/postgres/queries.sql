@@ -207,6 +207,38 @@ SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, ret
 FROM claimed
 ORDER BY priority, eta, id;
 
+-- name: claim_gated
+-- One round trip when capacities cannot bind: if the gate is closed, nothing is claimed
+-- and a last row of NULLs says so (the caller then takes the careful path).
+WITH gate AS MATERIALIZED (
+    SELECT errand_claim_gate(%(caps)s::jsonb, %(limit)s) AS open
+), picked AS MATERIALIZED (
+    SELECT id FROM errand_jobs
+    WHERE (SELECT open FROM gate) AND state = 'pending' AND eta <= now()
+    ORDER BY priority, eta, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE errand_jobs AS j
+    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s,
+        enqueued_at = now(), progress = 0, status_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.id, j.uuid, j.task, j.args::text AS args, j.kwargs::text AS kwargs,
+              j.context::text AS context, j.attempt, j.retries, j.max_retries,
+              j.retry_pattern::text AS retry_pattern, j.timeout, j.channel, j.priority, j.eta
+), tries AS (
+    INSERT INTO errand_attempts (job_id, attempt, worker_id)
+    SELECT id, attempt, %(worker)s FROM claimed
+)
+SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
+       timeout, channel,
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = claimed.id),
+       EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = claimed.id)
+FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE NOT (SELECT open FROM gate);
+
 -- name: lock_claims
 -- With channel capacities, claims take turns, so every worker counts the same running jobs.
 SELECT pg_advisory_xact_lock(hashtext('errand'), 3);

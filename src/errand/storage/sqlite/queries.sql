@@ -214,8 +214,36 @@ UPDATE errand_jobs
 SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
     enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0,
     status_message = NULL
-WHERE id IN (SELECT id FROM errand_jobs
+WHERE id IN (SELECT id FROM errand_jobs INDEXED BY errand_jobs_ready
              WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
+             ORDER BY priority, eta, id
+             LIMIT :limit)
+RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
+          timeout, channel,
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id),
+          EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = errand_jobs.id);
+-- Open a try row for each job just claimed (this worker's enqueued jobs without one).
+INSERT INTO errand_attempts (job_id, attempt, worker_id)
+SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
+WHERE j.worker_id = :worker AND j.state = 'enqueued'
+  AND NOT EXISTS (SELECT 1 FROM errand_attempts a
+                  WHERE a.job_id = j.id AND a.attempt = j.attempt);
+
+-- name: claim_gated
+-- Used inside the claim transaction once the running counts show room for :limit more
+-- jobs under every capacity in :caps ({"root.mail": 2}); the gate re-checks it.
+UPDATE errand_jobs
+SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
+    enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0, status_message = NULL
+WHERE id IN (SELECT id FROM errand_jobs INDEXED BY errand_jobs_ready
+             WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
+               AND NOT EXISTS (
+                   SELECT 1 FROM json_each(:caps) AS cap
+                   WHERE :limit + (SELECT count(*) FROM errand_jobs r
+                                   WHERE r.state IN ('enqueued', 'started')
+                                     AND (r.channel = cap.key
+                                          OR substr(r.channel, 1, length(cap.key) + 1)
+                                             = cap.key || '.')) > cap.value)
              ORDER BY priority, eta, id
              LIMIT :limit)
 RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
@@ -249,7 +277,8 @@ WHERE EXISTS (SELECT 1 FROM errand_jobs j
                      OR substr(j.channel, 1, length(s.value) + 1) = s.value || '.'));
 
 -- name: ready_jobs
-SELECT id, channel, priority, eta FROM errand_jobs
+-- INDEXED BY: without statistics SQLite would sort every pending job instead.
+SELECT id, channel, priority, eta FROM errand_jobs INDEXED BY errand_jobs_ready
 WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
   AND NOT EXISTS (SELECT 1 FROM json_each(:blocked) AS b
                   WHERE channel = b.value
