@@ -250,10 +250,14 @@ GROUP BY channel;
 
 -- name: stuck_channels
 -- Sequential channels holding a failed job, or a job waiting to be retried: they wait.
+-- Each half reads its own partial index, never the whole history.
 SELECT s.name FROM unnest(%(sequential)s::text[]) AS s(name)
 WHERE EXISTS (SELECT 1 FROM errand_jobs j
-              WHERE (j.state = 'failed'
-                     OR (j.state = 'pending' AND j.attempt > 0 AND j.eta > now()))
+              WHERE j.state = 'failed'
+                AND (j.channel = s.name
+                     OR left(j.channel, length(s.name) + 1) = s.name || '.'))
+   OR EXISTS (SELECT 1 FROM errand_jobs j
+              WHERE j.state = 'pending' AND j.eta > now() AND j.attempt > 0
                 AND (j.channel = s.name
                      OR left(j.channel, length(s.name) + 1) = s.name || '.'));
 

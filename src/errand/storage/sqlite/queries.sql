@@ -269,10 +269,14 @@ GROUP BY channel;
 
 -- name: stuck_channels
 -- Sequential channels holding a failed job, or a job waiting to be retried: they wait.
+-- Each half reads its own partial index, never the whole history.
 SELECT s.value FROM json_each(:sequential) AS s
-WHERE EXISTS (SELECT 1 FROM errand_jobs j
-              WHERE (j.state = 'failed'
-                     OR (j.state = 'pending' AND j.attempt > 0 AND j.eta > (julianday('now') - 2440587.5) * 86400.0))
+WHERE EXISTS (SELECT 1 FROM errand_jobs AS j INDEXED BY errand_jobs_failed_channel
+              WHERE j.state = 'failed'
+                AND (j.channel = s.value
+                     OR substr(j.channel, 1, length(s.value) + 1) = s.value || '.'))
+   OR EXISTS (SELECT 1 FROM errand_jobs AS j INDEXED BY errand_jobs_pending_eta
+              WHERE j.state = 'pending' AND j.eta > (julianday('now') - 2440587.5) * 86400.0 AND j.attempt > 0
                 AND (j.channel = s.value
                      OR substr(j.channel, 1, length(s.value) + 1) = s.value || '.'));
 
