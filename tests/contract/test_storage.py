@@ -287,3 +287,17 @@ def test_migrate_reports_what_it_applied_once(backend: Backend, database_url: st
     again = open_backend(database_url, pooled=False)
     assert again.migrate() == [] and again.schema_version() == version
     again.close()
+
+
+def test_jobs_claimed_for_a_worker_that_does_not_run_them_are_put_back(
+        backend: Backend) -> None:
+    worker = register(backend)
+    backend.enqueue([new_job(), new_job()])
+    running, lost = backend.claim(worker, 2)
+    assert backend.release_unknown(worker, [(running.id, running.attempt)]) == [lost.id]
+    row = backend.get_job(lost.uuid)
+    assert row is not None and (row.state, row.attempt, row.retries) == (State.PENDING, 1, 0)
+    assert backend.list_attempts(lost.id)[0].outcome == Outcome.INTERRUPTED
+    kept = backend.get_job(running.uuid)
+    assert kept is not None and kept.state == State.ENQUEUED
+    assert backend.release_unknown(worker, [(running.id, running.attempt)]) == []

@@ -167,13 +167,19 @@ def _failure(verdict: Verdict, outcome: Outcome, exc: BaseException,
                   ignore_retry=ignore_retry)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """Ctrl-C or a SIGTERM to the process group: the supervisor handles the shutdown."""
+
+
 def child_main(app: App, conn: Connection, parent_pid: int,
                inherited: list[Connection]) -> NoReturn:
     """Entry point of a freshly forked job process; never returns."""
     try:
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)  # the supervisor decides when jobs stop
+            # The supervisor decides when jobs stop. A handler, not SIG_IGN: programs the
+            # job starts get the default action back when they exec.
+            signal.signal(signum, _ignore)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for other in inherited:
             other.close()

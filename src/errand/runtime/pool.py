@@ -60,9 +60,10 @@ class Pool:
     def spawn(self) -> Child:
         parent_end, child_end = Pipe(duplex=True)
         inherited = [child.conn for child in self.children.values()] + [parent_end]
-        pid = os.fork()
+        supervisor = os.getpid()  # read before the fork: a child that checks later might
+        pid = os.fork()           # already see init as its parent if we died meanwhile
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            child_main(self.app, child_end, os.getppid(), inherited)
+            child_main(self.app, child_end, supervisor, inherited)
         child_end.close()
         child = Child(pid=pid, conn=parent_end)
         self.children[pid] = child

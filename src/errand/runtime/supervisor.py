@@ -58,7 +58,10 @@ class Worker:
         self.backend: Backend | None = None
         self.waker: Waker | None = None
         self.pool = Pool(app)
-        self.selector = selectors.DefaultSelector()
+        # poll(), not epoll: epoll remembers a socket the job processes also hold open
+        # even after libpq closed ours, and would then report it ready forever.
+        self.selector = selectors.PollSelector()
+        self.waker_fd: int | None = None
 
         self.finishes: list[Finish] = []
         self.started: list[tuple[int, int, int]] = []
@@ -77,6 +80,7 @@ class Worker:
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
         self.next_heartbeat = now
+        self.last_beat = now
         self.next_lost_check: float | None = None
         self.next_rescue = now
         self.next_progress_flush = now
@@ -219,7 +223,7 @@ class Worker:
             moments.append(self.next_lost_check)
         if self.progress:
             moments.append(self.next_progress_flush)
-        if self.waker is None or self.waker.fileno() is None or idle:
+        if self.waker_fd is None or idle:
             moments.append(self.next_poll)
         if self.stop_deadline is not None:
             moments.append(self.stop_deadline)
@@ -325,20 +329,20 @@ class Worker:
     def _open_waker(self) -> None:
         assert self.backend is not None
         self.waker = self.backend.waker()
-        fileno = self.waker.fileno()
-        if fileno is not None:
-            self.selector.register(fileno, selectors.EVENT_READ, "waker")
+        self.waker_fd = self.waker.fileno()
+        if self.waker_fd is not None:
+            self.selector.register(self.waker_fd, selectors.EVENT_READ, "waker")
 
     def _close_waker(self) -> None:
-        if self.waker is None:
-            return
-        fileno = self.waker.fileno()
-        if fileno is not None:
+        """Drop the waker; its connection may be long dead, so ask it nothing."""
+        if self.waker_fd is not None:
             with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(fileno)
-        with contextlib.suppress(Exception):
-            self.waker.close()
-        self.waker = None
+                self.selector.unregister(self.waker_fd)
+            self.waker_fd = None
+        if self.waker is not None:
+            with contextlib.suppress(Exception):
+                self.waker.close()
+            self.waker = None
 
     def _sync(self) -> None:
         now = time.monotonic()
@@ -361,6 +365,9 @@ class Worker:
             self.db_down_since = now
             log.error("%s; retrying (running jobs go on, results are kept)", exc)
         self._close_waker()
+        if self.backend is not None:  # its other connection may be dead too: start afresh
+            with contextlib.suppress(Exception):
+                self.backend.close()
         self.db_retry_at = now + self.db_backoff
         self.db_backoff = min(self.db_backoff * 2, MAX_DB_BACKOFF)
 
@@ -415,7 +422,7 @@ class Worker:
     def _poll_waker(self, now: float) -> None:
         waker = self.waker
         assert waker is not None
-        if waker.fileno() is None:
+        if self.waker_fd is None:
             if now < self.next_poll or not (self.pool.idle() or self.pool.busy()):
                 return
             self.next_poll = now + (self.settings.poll_interval or waker.poll_interval)
@@ -432,19 +439,32 @@ class Worker:
             self.next_channel_refresh = now
             self.want_claim = True
         if control and self.pool.busy() and self.next_lost_check is None:
-            self.next_lost_check = now + (LOST_CHECK_DELAY if waker.fileno() is None else 0.0)
+            self.next_lost_check = now + (LOST_CHECK_DELAY if self.waker_fd is None else 0.0)
 
     def _heartbeat(self, backend: Backend) -> None:
         now = time.monotonic()
         running = [(c.running.job.id, c.running.job.attempt)
                    for c in self.pool.busy() if c.running is not None]
         lost = backend.heartbeat(self.id, running)
+        if lost is not None:
+            # Jobs the database says are ours but no process of ours runs: a claim whose
+            # answer was lost with the connection. Put them back.
+            orphans = backend.release_unknown(self.id, running)
+            if orphans:
+                log.warning("put back %d job(s) claimed for this worker whose claim answer "
+                            "was lost", len(orphans))
+                self.want_claim = True
         if lost is None:
             log.warning("worker %s was forgotten by the database; registering again", self.id)
             backend.register_worker(WorkerInfo(
                 id=self.id, host=socket.gethostname(), pid=os.getpid(),
                 concurrency=self.concurrency, channels=self.channels, version=__version__))
             lost = backend.heartbeat(self.id, running) or []
+        if now - self.last_beat > self.lease / 2:
+            # We were frozen (SIGSTOP, a paused VM, a blocked call): so may our neighbours
+            # have been. Give them a lease to heartbeat before rescuing their jobs.
+            self.db_ok_since = now
+        self.last_beat = now
         self.next_heartbeat = now + self.lease / 4
         self.next_lost_check = None
         lost_ids = set(lost)

@@ -117,6 +117,10 @@ class Backend(Protocol):
         None means the worker's row is gone (cleaned up while it slept): register again.
         """
 
+    def release_unknown(self, worker_id: str, running: Sequence[tuple[int, int]]) -> list[int]:
+        """Put back the jobs held for this worker that are not in `running` (claimed, but
+        the answer was lost); return their ids."""
+
     def stop_worker(self, worker_id: str) -> None: ...
 
     def claim(self, worker_id: str, limit: int,

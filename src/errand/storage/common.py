@@ -225,6 +225,11 @@ class SqlBackend(ABC):
         return [row[0] for row in self._read("lost_jobs",
                                              {"worker": worker_id, "running": document})]
 
+    def release_unknown(self, worker_id: str, running: Sequence[tuple[int, int]]) -> list[int]:
+        document = rows.records_document(("id", "attempt"), running)
+        released, _ = self._write("release_unknown", {"worker": worker_id, "running": document})
+        return [row[0] for row in released]
+
     def stop_worker(self, worker_id: str) -> None:
         self._write("stop_worker", {"worker": worker_id})
 

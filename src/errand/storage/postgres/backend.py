@@ -72,8 +72,10 @@ class PostgresBackend(SqlBackend):
             self._identity = _run_block(first, self.queries["database_identity"], {})[0]
         if pooled:
             first.close()
+            # check: after a server restart the pool must not hand out dead connections.
             self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=10,
                                         kwargs=_CONNECT_OPTIONS, configure=_configure,
+                                        check=ConnectionPool.check_connection,
                                         name="errand", open=True)
         else:
             self._conn = first

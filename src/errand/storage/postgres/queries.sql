@@ -178,6 +178,25 @@ LEFT JOIN errand_jobs j
       AND j.state IN ('enqueued', 'started')
 WHERE j.id IS NULL;
 
+-- name: release_unknown
+-- Jobs held for this worker that it does not run (a claim whose answer was lost with the
+-- connection): pending again, their try closed as interrupted, not counted as a retry.
+WITH known AS (
+    SELECT * FROM jsonb_to_recordset(%(running)s::jsonb) AS r(id bigint, attempt integer)
+), released AS (
+    UPDATE errand_jobs AS j SET state = 'pending', eta = least(j.eta, now())
+    WHERE j.worker_id = %(worker)s AND j.state IN ('enqueued', 'started')
+      AND NOT EXISTS (SELECT 1 FROM known k WHERE k.id = j.id AND k.attempt = j.attempt)
+    RETURNING j.id, j.attempt
+), closed AS (
+    UPDATE errand_attempts AS a
+    SET outcome = 'interrupted', ended_at = now(), error_type = 'ClaimLost',
+        error_message = 'the claim reached the database but its answer never reached the worker'
+    FROM released r
+    WHERE a.job_id = r.id AND a.attempt = r.attempt AND a.outcome IS NULL
+)
+SELECT id FROM released;
+
 -- name: stop_worker
 UPDATE errand_workers SET state = 'stopped', heartbeat_at = now() WHERE id = %(worker)s;
 

@@ -204,6 +204,23 @@ LEFT JOIN errand_jobs j
       AND j.worker_id = :worker AND j.state IN ('enqueued', 'started')
 WHERE j.id IS NULL;
 
+-- name: release_unknown
+-- Jobs held for this worker that it does not run (a claim whose answer was lost with the
+-- connection): pending again, their try closed as interrupted, not counted as a retry.
+UPDATE errand_jobs SET state = 'pending', eta = min(eta, (julianday('now') - 2440587.5) * 86400.0)
+WHERE worker_id = :worker AND state IN ('enqueued', 'started')
+  AND NOT EXISTS (SELECT 1 FROM json_each(:running) AS r
+                  WHERE json_extract(r.value, '$.id') = errand_jobs.id
+                    AND json_extract(r.value, '$.attempt') = errand_jobs.attempt)
+RETURNING id;
+UPDATE errand_attempts
+SET outcome = 'interrupted', ended_at = (julianday('now') - 2440587.5) * 86400.0, error_type = 'ClaimLost',
+    error_message = 'the claim reached the database but its answer never reached the worker'
+WHERE outcome IS NULL AND worker_id = :worker
+  AND NOT EXISTS (SELECT 1 FROM json_each(:running) AS r
+                  WHERE json_extract(r.value, '$.id') = errand_attempts.job_id
+                    AND json_extract(r.value, '$.attempt') = errand_attempts.attempt);
+
 -- name: stop_worker
 UPDATE errand_workers
 SET state = 'stopped', heartbeat_at = (julianday('now') - 2440587.5) * 86400.0
