@@ -6,6 +6,7 @@ import faulthandler
 import os
 import resource
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,3 +61,19 @@ def test_a_signal_without_a_name_is_given_by_number() -> None:
     number = signal.SIGRTMIN + 6
     status = status_of_child(sleep_long, kill_with=number)
     assert describe_exit(status) == f"was killed by signal {number}"
+
+
+def test_process_started_at_tells_a_live_process_from_a_reused_or_dead_pid() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from errand.runtime.pool import process_started_at
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        now = datetime.now(UTC)
+        assert process_started_at(child.pid, now)
+        assert not process_started_at(child.pid, now - timedelta(hours=1))  # pid reused
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_started_at(child.pid, now)  # gone

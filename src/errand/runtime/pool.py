@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any
@@ -143,6 +144,21 @@ class Pool:
             self.reap()
             if self.children:
                 time.sleep(0.01)
+
+
+def process_started_at(pid: int, when: datetime, tolerance: float = 60.0) -> bool:
+    """Is process `pid` alive, and did it start around `when` (not a reused pid)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return False
+    if fields[0] == "Z":
+        return False
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return abs(started - when.timestamp()) <= tolerance
 
 
 def crash_end(how: str, duration: float | None = None) -> TryEnd:

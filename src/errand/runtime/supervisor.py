@@ -26,7 +26,7 @@ from errand.channels import ChannelConfig, parse_channels
 from errand.errors import DatabaseError
 from errand.jobs import Finish, Outcome
 from errand.retry import TryEnd, Verdict, settle
-from errand.runtime.pool import Child, Pool, crash_end
+from errand.runtime.pool import Child, Pool, crash_end, process_started_at
 from errand.settings import Settings
 from errand.storage import Backend, open_backend
 from errand.storage.base import Progress, Waker, WorkerInfo
@@ -397,11 +397,19 @@ class Worker:
         if now >= self.next_rescue:
             self.next_rescue = now + self.lease / 2
             if now - self.db_ok_since >= self.lease:  # after an outage, let others heartbeat
-                rescued = backend.rescue(self.lease)
+                rescued = backend.rescue(self.lease, self._alive_here(backend))
                 if rescued:
                     log.warning("rescued %d job(s) of workers that stopped heartbeating",
                                 len(rescued))
                     self.want_claim = True
+
+    def _alive_here(self, backend: Backend) -> list[str]:
+        """Silent workers of this host whose process still runs: slow, not dead (a SQLite
+        file busy for longer than a lease, say). Their jobs must not run twice."""
+        host = socket.gethostname()
+        return [worker.id for worker in backend.list_workers()
+                if worker.state == "running" and worker.heartbeat_age > self.lease
+                and worker.host == host and process_started_at(worker.pid, worker.started_at)]
 
     def _flush(self, backend: Backend, now: float) -> None:
         if self.started:

@@ -152,8 +152,9 @@ class Backend(Protocol):
         Read-only, so an idle worker polls it without taking a write lock.
         """
 
-    def rescue(self, lease: float) -> list[int]:
-        """Return the tries of workers silent for `lease` s to pending (or failed)."""
+    def rescue(self, lease: float, alive: Sequence[str] = ()) -> list[int]:
+        """Return the tries of workers silent for `lease` s to pending (or failed);
+        workers in `alive` are known to be running (seen on this host) and are spared."""
 
     def waker(self) -> Waker: ...
 

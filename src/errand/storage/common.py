@@ -350,6 +350,7 @@ class SqlBackend(ABC):
         value = self._read("next_eta", {})[0][0]
         return None if value is None else max(float(value), 0.0)
 
-    def rescue(self, lease: float) -> list[int]:
-        rescued, _ = self._write("rescue_jobs", {"lease": lease})
+    def rescue(self, lease: float, alive: Sequence[str] = ()) -> list[int]:
+        rescued, _ = self._write("rescue_jobs", {"lease": lease,
+                                                 "alive": self._list_param(list(alive))})
         return [row[0] for row in rescued]

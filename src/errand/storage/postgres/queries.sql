@@ -428,7 +428,9 @@ WITH elected AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(hashtext('errand'), 2) AS won
 ), live AS MATERIALIZED (
     SELECT id FROM errand_workers
-    WHERE state = 'running' AND heartbeat_at >= now() - make_interval(secs => %(lease)s)
+    WHERE state = 'running'
+      AND (heartbeat_at >= now() - make_interval(secs => %(lease)s)
+           OR id = ANY(%(alive)s::text[]))
 ), orphans AS MATERIALIZED (
     SELECT j.id, j.attempt, j.worker_id,
            j.max_retries > 0 AND j.retries >= j.max_retries AS exhausted

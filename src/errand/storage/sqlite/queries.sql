@@ -4,7 +4,7 @@
 -- (julianday('now') - 2440587.5) * 86400.0. Batches arrive as one JSON document.
 
 -- name: connection_setup
-PRAGMA busy_timeout = 5000;
+PRAGMA busy_timeout = 20;
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = ON;
@@ -444,7 +444,8 @@ SET state = CASE WHEN max_retries > 0 AND retries >= max_retries THEN 'failed'
 WHERE state IN ('enqueued', 'started')
   AND worker_id NOT IN (SELECT id FROM errand_workers
                         WHERE state = 'running'
-                          AND heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease)
+                          AND (heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease
+                               OR id IN (SELECT value FROM json_each(:alive))))
 RETURNING id;
 UPDATE errand_attempts
 SET outcome = 'interrupted', ended_at = (julianday('now') - 2440587.5) * 86400.0,
@@ -453,10 +454,12 @@ SET outcome = 'interrupted', ended_at = (julianday('now') - 2440587.5) * 86400.0
 WHERE outcome IS NULL
   AND worker_id NOT IN (SELECT id FROM errand_workers
                         WHERE state = 'running'
-                          AND heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease);
+                          AND (heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease
+                               OR id IN (SELECT value FROM json_each(:alive))));
 UPDATE errand_workers SET state = 'dead'
 WHERE state = 'running'
-  AND heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - :lease;
+  AND heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - :lease
+  AND id NOT IN (SELECT value FROM json_each(:alive));
 DELETE FROM errand_workers
 WHERE state IN ('dead', 'stopped')
   AND heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - 86400.0;
