@@ -77,3 +77,23 @@ def test_process_started_at_tells_a_live_process_from_a_reused_or_dead_pid() -> 
         child.kill()
         child.wait()
     assert not process_started_at(child.pid, now)  # gone
+
+
+def test_a_stopped_process_counts_as_gone() -> None:
+    from datetime import UTC, datetime
+
+    from errand.runtime.pool import process_started_at
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        now = datetime.now(UTC)
+        os.kill(child.pid, signal.SIGSTOP)
+        for _ in range(100):
+            with open(f"/proc/{child.pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+        assert not process_started_at(child.pid, now)
+        os.kill(child.pid, signal.SIGCONT)
+    finally:
+        child.kill()
+        child.wait()

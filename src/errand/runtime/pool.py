@@ -147,7 +147,8 @@ class Pool:
 
 
 def process_started_at(pid: int, when: datetime, tolerance: float = 60.0) -> bool:
-    """Is process `pid` alive, and did it start around `when` (not a reused pid)?"""
+    """Is process `pid` alive and not frozen (stopped processes count as gone, as a
+    paused machine would), and did it start around `when` (not a reused pid)?"""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
@@ -155,7 +156,7 @@ def process_started_at(pid: int, when: datetime, tolerance: float = 60.0) -> boo
             boot = next(int(line.split()[1]) for line in handle if line.startswith("btime"))
     except (OSError, StopIteration, IndexError, ValueError):
         return False
-    if fields[0] == "Z":
+    if fields[0] in ("Z", "T", "t", "X"):
         return False
     started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     return abs(started - when.timestamp()) <= tolerance

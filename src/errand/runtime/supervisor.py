@@ -24,7 +24,7 @@ from errand import __version__
 from errand.app import App
 from errand.channels import ChannelConfig, parse_channels
 from errand.errors import DatabaseError
-from errand.jobs import Finish, Outcome
+from errand.jobs import ClaimedJob, Finish, Outcome
 from errand.retry import TryEnd, Verdict, settle
 from errand.runtime.pool import Child, Pool, crash_end, process_started_at
 from errand.settings import Settings
@@ -36,6 +36,7 @@ log = logging.getLogger("errand.worker")
 PROGRESS_FLUSH_INTERVAL = 0.25
 CHANNEL_REFRESH_INTERVAL = 0.5  # capacity changes reach every worker within a second
 BLOCKED_RETRY = 0.1  # ready jobs held back by capacities: look again this soon
+STARTED_DELAY = 0.005  # a short job's start is written with its end, in one batch
 LOST_CHECK_DELAY = 0.2  # after news that a running job may have been cancelled
 MAX_DB_BACKOFF = 5.0
 
@@ -65,6 +66,7 @@ class Worker:
 
         self.finishes: list[Finish] = []
         self.started: list[tuple[int, int, int]] = []
+        self.started_since = 0.0
         self.progress: dict[int, Progress] = {}
 
         now = time.monotonic()
@@ -209,12 +211,14 @@ class Worker:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        if self.hard_stop or (self._writes_pending() and now >= self.db_retry_at):
+        if self.hard_stop or (self.finishes and now >= self.db_retry_at):
             return 0.0
         idle = bool(self.pool.idle()) and not self.stopping
         if idle and self.want_claim and now >= self.db_retry_at:
             return 0.0
         moments = [self.next_heartbeat, self.next_rescue]
+        if self.started:
+            moments.append(max(self.started_since + STARTED_DELAY, self.db_retry_at))
         if self.db_down_since is not None:
             moments.append(self.db_retry_at)
         if self.wake_at is not None:
@@ -379,21 +383,20 @@ class Worker:
             self.want_claim = True
             self.next_heartbeat = now
         if self.db_down_since is not None:
-            self._heartbeat(backend)  # first prove we are alive, then count a fresh lease
+            self._flush(backend, now)  # ends first: the heartbeat puts back unknown claims
+            self._heartbeat(backend)  # prove we are alive, then count a fresh lease
             self.db_ok_since = now
-        self._flush(backend, now)
         self._poll_waker(now)
-        if now >= self.next_heartbeat or (self.next_lost_check is not None
-                                          and now >= self.next_lost_check):
-            self._heartbeat(backend)
         if self.wake_at is not None and now >= self.wake_at:
             self.wake_at = None
             self.want_claim = True
         if now >= self.next_channel_refresh:
             self.channel_settings = backend.channel_settings()
             self.next_channel_refresh = now + CHANNEL_REFRESH_INTERVAL
-        if not self.stopping:
-            self._claim(backend)
+        self._exchange(backend, now)
+        if now >= self.next_heartbeat or (self.next_lost_check is not None
+                                          and now >= self.next_lost_check):
+            self._heartbeat(backend)
         if now >= self.next_rescue:
             self.next_rescue = now + self.lease / 2
             if now - self.db_ok_since >= self.lease:  # after an outage, let others heartbeat
@@ -420,12 +423,7 @@ class Worker:
             self.progress = {}
             self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
         if self.finishes:
-            applied = set(backend.finish(self.id, self.finishes))
-            for finish in self.finishes:
-                if finish.id not in applied:
-                    log.warning("job %d try %d was no longer ours (cancelled or rescued); "
-                                "its end was not applied to the job", finish.id, finish.attempt)
-            self.finishes = []
+            self._report_unapplied(set(backend.finish(self.id, self.finishes)))
 
     def _poll_waker(self, now: float) -> None:
         waker = self.waker
@@ -485,11 +483,36 @@ class Worker:
                             running_try.job.task, running_try.job.uuid)
                 self.pool.ask_to_stop(child)
 
-    def _claim(self, backend: Backend) -> None:
-        idle = self.pool.idle()
-        if not idle or not self.want_claim:
+    def _exchange(self, backend: Backend, now: float) -> None:
+        """Write the round's starts, progress and ends, and claim for idle processes, in
+        one batch (one round trip on PostgreSQL, one commit on SQLite)."""
+        idle = self.pool.idle() if self.want_claim and not self.stopping else []
+        progress = list(self.progress.values()) if self.progress and (
+            self.finishes or now >= self.next_progress_flush) else []
+        starts_due = bool(self.started) and (now >= self.started_since + STARTED_DELAY
+                                             or self.stopping)
+        if not (idle or starts_due or progress or self.finishes):
             return
-        jobs = backend.claim(self.id, len(idle), self.channel_settings)
+        applied, jobs = backend.exchange(self.id, self.started, progress, self.finishes,
+                                         len(idle), self.channel_settings)
+        self.started = []
+        if progress:
+            self.progress = {}
+            self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
+        self._report_unapplied(set(applied))
+        if idle:
+            self._dispatch(backend, idle, jobs)
+
+    def _report_unapplied(self, applied: set[int]) -> None:
+        for finish in self.finishes:
+            if finish.id not in applied:
+                log.warning("job %d try %d was no longer ours (cancelled or rescued); "
+                            "its end was not applied to the job", finish.id, finish.attempt)
+        self.finishes = []
+
+    def _dispatch(self, backend: Backend, idle: list[Child], jobs: list[ClaimedJob]) -> None:
+        if jobs and not self.started:
+            self.started_since = time.monotonic()
         for child, job in zip(idle, jobs, strict=False):
             self.pool.start(child, job)
             self.started.append((job.id, job.attempt, child.pid))

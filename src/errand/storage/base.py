@@ -130,6 +130,12 @@ class Backend(Protocol):
         With `channels`, only as many as their capacities allow, counted cluster-wide.
         """
 
+    def exchange(self, worker_id: str, started: Sequence[tuple[int, int, int]],
+                 progress: Sequence[Progress], finishes: Sequence[Finish], limit: int,
+                 channels: Mapping[str, ChannelConfig] | None = None,
+                 ) -> tuple[list[int], list[ClaimedJob]]:
+        """A worker's round in one batch: mark_started, save_progress, finish, then claim."""
+
     def channel_settings(self) -> dict[str, ChannelConfig]:
         """Channel capacities and pauses as stored (shared by every worker)."""
 

@@ -46,6 +46,7 @@ class SqlBackend(ABC):
     nested_json: bool
     latest_version: int
     applied_on_open: list[int]
+    gate_says_closed = False  # does claim_gated end with a row of NULLs when it declines?
 
     # -- what a dialect provides -------------------------------------------------------
 
@@ -241,6 +242,10 @@ class SqlBackend(ABC):
                 lambda run: self._claim_within_capacity(run, worker_id, limit, channels))
         else:
             claimed, _ = self._write("claim_jobs", {"worker": worker_id, "limit": limit})
+        return self._claimed(claimed)
+
+    def _claimed(self, claimed: Rows) -> list[ClaimedJob]:
+        """Claimed rows as jobs, with their parents' results when they have parents."""
         parents: dict[int, dict[str, str | None]] = {}
         waiting = [row[0] for row in claimed if row[12]]
         if waiting:
@@ -248,6 +253,48 @@ class SqlBackend(ABC):
                                                      {"ids": self._list_param(waiting)}):
                 parents.setdefault(job_id, {})[str(rows.as_uuid(parent))] = result
         return [rows.claimed_job(row, rows.as_uuid, parents.get(row[0], {})) for row in claimed]
+
+    def exchange(self, worker_id: str, started: Sequence[tuple[int, int, int]],
+                 progress: Sequence[Progress], finishes: Sequence[Finish], limit: int,
+                 channels: Mapping[str, ChannelConfig] | None = None,
+                 ) -> tuple[list[int], list[ClaimedJob]]:
+        """A worker's whole round in one batch: starts, progress and ends, then a claim of
+        up to `limit` jobs. Returns the finished ids applied and the jobs claimed."""
+        if any(f.has_children for f in finishes) or (
+                channels and any(c.paused or c.sequential for c in channels.values())):
+            self.mark_started(worker_id, started)  # rare cases: the careful way, in steps
+            self.save_progress(progress)
+            applied = self.finish(worker_id, finishes)
+            return applied, self.claim(worker_id, limit, channels) if limit else []
+        steps: list[tuple[str, dict[str, Any]]] = []
+        if started:
+            steps.append(("mark_started", {"worker": worker_id, "started": rows.records_document(
+                ("id", "attempt", "pid"), started)}))
+        if progress:
+            steps.append(("save_progress", self._progress_params(progress)))
+        if finishes:
+            steps.append(("finish_jobs", {"worker": worker_id, "finishes":
+                                          rows.finishes_document(finishes, self.nested_json)}))
+        if limit:
+            steps.append(("claim_gated", {"worker": worker_id, "limit": limit,
+                                          "caps": self._capacities(channels)})
+                         if channels else
+                         ("claim_jobs", {"worker": worker_id, "limit": limit}))
+        results = self._batch(steps) if steps else []
+        applied = [row[0] for row in results[-2 if limit else -1]] if finishes else []
+        claimed: Rows = results[-1] if limit else []
+        gate_closed = bool(claimed) and claimed[-1][0] is None
+        if channels and limit and (gate_closed or (not self.gate_says_closed
+                                                   and len(claimed) < limit)):
+            # The gate said no, or cannot tell: the careful path decides.
+            more = limit - len([row for row in claimed if row[0] is not None])
+            claimed = [row for row in claimed if row[0] is not None] + self._transaction(
+                lambda run: self._claim_within_capacity(run, worker_id, more, channels))
+        return applied, self._claimed(claimed)
+
+    def _batch(self, steps: Sequence[tuple[str, dict[str, Any]]]) -> list[Rows]:
+        """Run independent named blocks together, as cheaply as the dialect allows."""
+        return self._transaction(lambda run: [run(name, params)[0] for name, params in steps])
 
     def _claim_gated(self, worker_id: str, limit: int,
                      channels: Mapping[str, ChannelConfig]) -> Rows | None:
@@ -341,10 +388,13 @@ class SqlBackend(ABC):
 
     def save_progress(self, updates: Sequence[Progress]) -> None:
         if updates:
-            document = rows.records_document(
-                ("id", "attempt", "percent", "message"),
-                [(u.id, u.attempt, u.percent, u.message) for u in updates])
-            self._write("save_progress", {"updates": document})
+            self._write("save_progress", self._progress_params(updates))
+
+    @staticmethod
+    def _progress_params(updates: Sequence[Progress]) -> dict[str, Any]:
+        return {"updates": rows.records_document(
+            ("id", "attempt", "percent", "message"),
+            [(u.id, u.attempt, u.percent, u.message) for u in updates])}
 
     def next_eta(self) -> float | None:
         value = self._read("next_eta", {})[0][0]

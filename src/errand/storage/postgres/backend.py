@@ -60,6 +60,7 @@ class PostgresBackend(SqlBackend):
     queries = _QUERIES
     nested_json = True
     latest_version = LATEST_VERSION
+    gate_says_closed = True
 
     def __init__(self, url: str, *, pooled: bool = True, pool_size: int = 10) -> None:
         self.url = url
@@ -120,6 +121,22 @@ class PostgresBackend(SqlBackend):
             return super()._write(name, params)
         with self._connection() as conn:  # autocommit: one statement is one round trip
             return _execute(conn, statements[0], params)
+
+    def _batch(self, steps: Sequence[tuple[str, dict[str, Any]]]) -> list[list[tuple[Any, ...]]]:
+        """Pipelined: every statement goes out at once, one round trip for the lot."""
+        with self._connection() as conn:
+            cursors = []
+            with conn.pipeline():
+                for name, params in steps:
+                    [statement] = self.queries[name]
+                    cursor = conn.cursor()
+                    cursor.execute(statement, params)
+                    cursors.append(cursor)
+            results = [cursor.fetchall() if cursor.description is not None else []
+                       for cursor in cursors]
+            for cursor in cursors:
+                cursor.close()
+            return results
 
     def _claim_gated(self, worker_id: str, limit: int,
                      channels: Mapping[str, ChannelConfig]) -> list[tuple[Any, ...]] | None:
