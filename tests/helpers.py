@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -46,3 +50,27 @@ def start_errand(*args: str, cwd: Path, env: dict[str, str] | None = None
     """Start any `errand` command in the background, stdout and stderr piped apart."""
     return subprocess.Popen([*ERRAND, *args], cwd=cwd, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def import_tasks(source: str, folder: Path, database_url: str,
+                 monkeypatch: pytest.MonkeyPatch, prefix: str) -> ModuleType:
+    """Write a tasks module into `folder` under a fresh name and import it, so this test and
+    the worker subprocesses it starts (with cwd=folder) share the task names."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.setenv("ERRAND_TEST_DIR", str(folder))
+    for variable in ("ERRAND_NO_DELAY", "ERRAND_CHANNELS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module(name)
+    module.app.use_database(database_url)
+    module.app.migrate()
+    return module
+
+
+def stop_all(processes: list[subprocess.Popen[Any]]) -> None:
+    """SIGKILL whatever a test left running."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

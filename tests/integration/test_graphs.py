@@ -7,9 +7,7 @@ Order assertions compare those times across processes.
 
 from __future__ import annotations
 
-import importlib
 import subprocess
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -23,7 +21,7 @@ import pytest
 
 from errand import Job, chain, group
 from errand.errors import ConfigurationError, DatabaseError, PayloadTooLarge, SerializationError
-from helpers import run_errand, start_worker, wait_for
+from helpers import import_tasks, run_errand, start_worker, stop_all, wait_for
 
 TASKS = '''
 import os
@@ -130,15 +128,7 @@ def split(n):
 def tasks(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[ModuleType]:
     """The tasks above, importable here and by worker subprocesses (cwd=tmp_path)."""
-    name = f"graph_tasks_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(TASKS)
-    monkeypatch.setenv("ERRAND_TEST_DIR", str(tmp_path))
-    monkeypatch.delenv("ERRAND_NO_DELAY", raising=False)
-    monkeypatch.delenv("ERRAND_CHANNELS", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    module.app.use_database(database_url)
-    module.app.migrate()
+    module = import_tasks(TASKS, tmp_path, database_url, monkeypatch, "graph_tasks")
     yield module
     module.app.close()
 
@@ -148,10 +138,7 @@ def workers(tasks: ModuleType) -> Iterator[list[subprocess.Popen[str]]]:
     """Started workers, killed at the end of the test."""
     started: list[subprocess.Popen[str]] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    stop_all(started)
 
 
 def worker(tasks: ModuleType, workers: list[subprocess.Popen[str]], *args: str,

@@ -10,13 +10,11 @@ it ends), so an overlap seen here is an overlap the capacities had to prevent.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +23,7 @@ from types import ModuleType
 
 import pytest
 
-from helpers import ERRAND, run_errand, wait_for
+from helpers import ERRAND, import_tasks, run_errand, stop_all, wait_for
 
 TASKS = '''
 import os
@@ -103,14 +101,7 @@ print(job.uuid, began, time.time())
 def tasks(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[ModuleType]:
     """The tasks above, importable here and by worker subprocesses (cwd=tmp_path)."""
-    name = f"scheduling_tasks_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(TASKS)
-    monkeypatch.setenv("ERRAND_TEST_DIR", str(tmp_path))
-    monkeypatch.delenv("ERRAND_CHANNELS", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    module.app.use_database(database_url)
-    module.app.migrate()
+    module = import_tasks(TASKS, tmp_path, database_url, monkeypatch, "scheduling_tasks")
     yield module
     module.app.close()
 
@@ -120,10 +111,7 @@ def workers(tasks: ModuleType) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Started workers, killed at the end (their output is in worker-N.log in tmp_path)."""
     started: list[subprocess.Popen[bytes]] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    stop_all(started)
 
 
 def worker(tasks: ModuleType, workers: list[subprocess.Popen[bytes]], *args: str,

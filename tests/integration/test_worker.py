@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from errand.jobs import NewJob
-from helpers import run_errand, start_worker, wait_for
+from helpers import import_tasks, run_errand, start_worker, stop_all, wait_for
 
 TASKS = '''
 import ctypes
@@ -111,14 +110,8 @@ def fan_out(n):
 @pytest.fixture
 def tasks(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[ModuleType]:
-    """The tasks module above, importable here and by worker subprocesses (cwd=tmp_path)."""
-    name = f"worker_tasks_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(TASKS)
-    monkeypatch.setenv("ERRAND_TEST_DIR", str(tmp_path))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    module.app.use_database(database_url)
-    module.app.migrate()
+    """The tasks above, importable here and by worker subprocesses (cwd=tmp_path)."""
+    module = import_tasks(TASKS, tmp_path, database_url, monkeypatch, "worker_tasks")
     yield module
     module.app.close()
 
@@ -129,10 +122,7 @@ def workers(tasks: ModuleType, tmp_path: Path, database_url: str
     """Started workers, SIGKILLed at the end if a test left one running."""
     started: list[subprocess.Popen[str]] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    stop_all(started)
 
 
 def worker(tasks: ModuleType, workers: list[subprocess.Popen[str]], *args: str,
