@@ -7,13 +7,18 @@ a skipped PostgreSQL test must never pass for a green run.
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+
+from helpers import stop_all
 
 POSTGRES_URL = os.environ.get("ERRAND_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -45,9 +50,9 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{joiner}options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL URL whose tables live in a fresh schema, dropped afterwards."""
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose tables live in a fresh schema, dropped at the end."""
     require_postgres()
     schema = f"errand_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -57,6 +62,20 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[Any]]]:
+    """Worker processes a test started (helpers.worker), SIGKILLed at its end."""
+    started: list[subprocess.Popen[Any]] = []
+    yield started
+    stop_all(started)
 
 
 @pytest.fixture

@@ -74,3 +74,13 @@ def stop_all(processes: list[subprocess.Popen[Any]]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def worker(tasks: ModuleType, workers: list[subprocess.Popen[Any]], *args: str,
+           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `errand worker` for a tasks module from `import_tasks`, in its folder."""
+    process = start_worker("--app", f"{tasks.__name__}:app", "--database-url",
+                           tasks.app.database_url, *args, cwd=Path(tasks.__file__).parent,
+                           env=env)
+    workers.append(process)
+    return process

@@ -12,15 +12,12 @@ import re
 import sqlite3
 import subprocess
 import uuid as uuid_module
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from conftest import POSTGRES_URL, require_postgres, with_search_path
 from helpers import run_errand
 
 TASKS = """
@@ -171,17 +168,3 @@ def enqueue_and_run(project: Project) -> Processed:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     return Processed(project, **uuids, worker_output=done.stderr)
-
-
-@contextmanager
-def postgres_schema() -> Iterator[str]:
-    """Like the `postgres_url` fixture, for fixtures that outlive one test."""
-    require_postgres()
-    schema = f"errand_test_{uuid_module.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield with_search_path(POSTGRES_URL, schema)
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -25,9 +25,9 @@ from cli_project import (
     enqueue_and_run,
     line_with,
     plain,
-    postgres_schema,
 )
 
+from conftest import postgres_schema
 from helpers import start_errand, start_worker, wait_for
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from errand import Job, chain, group
 from errand.errors import ConfigurationError, DatabaseError, PayloadTooLarge, SerializationError
-from helpers import import_tasks, run_errand, start_worker, stop_all, wait_for
+from helpers import import_tasks, run_errand, wait_for, worker
 
 TASKS = '''
 import os
@@ -131,22 +131,6 @@ def tasks(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
     module = import_tasks(TASKS, tmp_path, database_url, monkeypatch, "graph_tasks")
     yield module
     module.app.close()
-
-
-@pytest.fixture
-def workers(tasks: ModuleType) -> Iterator[list[subprocess.Popen[str]]]:
-    """Started workers, killed at the end of the test."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    stop_all(started)
-
-
-def worker(tasks: ModuleType, workers: list[subprocess.Popen[str]], *args: str,
-           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    process = start_worker("--app", f"{tasks.__name__}:app", "--database-url",
-                           tasks.app.database_url, *args, cwd=Path(tasks.FOLDER), env=env)
-    workers.append(process)
-    return process
 
 
 def burst(tasks: ModuleType, *args: str) -> None:

@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from errand.jobs import NewJob
-from helpers import import_tasks, run_errand, start_worker, stop_all, wait_for
+from helpers import import_tasks, run_errand, wait_for, worker
 
 TASKS = '''
 import ctypes
@@ -114,23 +114,6 @@ def tasks(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
     module = import_tasks(TASKS, tmp_path, database_url, monkeypatch, "worker_tasks")
     yield module
     module.app.close()
-
-
-@pytest.fixture
-def workers(tasks: ModuleType, tmp_path: Path, database_url: str
-            ) -> Iterator[list[subprocess.Popen[str]]]:
-    """Started workers, SIGKILLed at the end if a test left one running."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    stop_all(started)
-
-
-def worker(tasks: ModuleType, workers: list[subprocess.Popen[str]], *args: str,
-           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    process = start_worker("--app", f"{tasks.__name__}:app", "--database-url",
-                           tasks.app.database_url, *args, cwd=Path(tasks.SIGNALS), env=env)
-    workers.append(process)
-    return process
 
 
 def burst(tasks: ModuleType, *args: str) -> subprocess.CompletedProcess[str]:
