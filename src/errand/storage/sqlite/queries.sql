@@ -426,7 +426,7 @@ WHERE errand_jobs.id = p.id AND errand_jobs.attempt = p.attempt
 
 -- name: next_eta
 SELECT max(min(eta) - (julianday('now') - 2440587.5) * 86400.0, 0.0)
-FROM errand_jobs WHERE state = 'pending';
+FROM errand_jobs INDEXED BY errand_jobs_pending_eta WHERE state = 'pending';
 
 -- name: rescue_jobs
 -- One writer at a time (BEGIN IMMEDIATE), so no election is needed here.
