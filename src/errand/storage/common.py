@@ -117,8 +117,13 @@ class SqlBackend(ABC):
                 run("add_dependencies", {"dependencies": edges})
             return inserted
 
-        found = self._job_rows(self._transaction(work) if connection is None
-                               else self._on_connection(connection, work))
+        if connection is not None:
+            inserted = self._on_connection(connection, work)
+        elif edges is None:
+            inserted, _ = self._write("enqueue_jobs", params)  # one statement: no BEGIN/COMMIT
+        else:
+            inserted = self._transaction(work)
+        found = self._job_rows(inserted)
         return self._match_identities(jobs, found)
 
     def _match_identities(self, jobs: Sequence[NewJob], found: list[JobRow]) -> list[JobRow]:
