@@ -1,4 +1,5 @@
-"""The job process: receives one try at a time from its supervisor, runs it, reports the end.
+"""The job process: receives tries from its supervisor, runs them one at a time, reports
+each end before it starts the next.
 
 It holds no database connection of its own (a job that enqueues jobs opens one through the
 app), so killing it for a timeout, a cancel or a shutdown never leaves a transaction open.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
+import socket
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -22,22 +25,27 @@ from errand.context import JobContext, running
 from errand.errors import CancelJob, FailedJobError, RetryableJobError
 from errand.jobs import Outcome
 from errand.retry import TryEnd, Verdict
+from errand.runtime import wire
 
 PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
 class RunMessage:
-    """What the supervisor sends to run one try."""
+    """What the supervisor sends to run one try (as a plain tuple on the wire)."""
 
     job_id: int
     attempt: int
-    uuid: UUID
+    uuid: str
     task: str
     args: str
     kwargs: str
     context: str
     parent_results: dict[str, str | None]  # parent uuid -> its result as stored JSON
+
+    def encode(self) -> tuple[Any, ...]:
+        return ("run", self.job_id, self.attempt, self.uuid, self.task, self.args,
+                self.kwargs, self.context, self.parent_results)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -45,63 +53,74 @@ def die_with_parent(parent_pid: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the pipe EOF still ends an idle child
+    except (OSError, AttributeError):  # not Linux: the socket's end still ends an idle child
         pass
     if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
         os._exit(1)
 
 
-def _reset_peak_memory() -> bool:
-    """Reset the peak RSS counter so each try reports its own peak (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
+class PeakMemory:
+    """Each try's peak RSS: Linux resets the peak when "5" is written to clear_refs, and
+    getrusage reads it, two cheap system calls instead of parsing /proc/self/status."""
 
+    def __init__(self) -> None:
+        try:
+            self._clear_refs: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        except OSError:
+            self._clear_refs = None  # not Linux: no per-try figure
 
-def _peak_memory_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    def reset(self) -> None:
+        if self._clear_refs is not None:
+            try:
+                os.write(self._clear_refs, b"5")
+            except OSError:
+                self._clear_refs = None
+
+    def peak_mb(self) -> float | None:
+        if self._clear_refs is None:
+            return None
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class ChildRunner:
-    """Runs tries inside the job process, talking to the supervisor over one pipe."""
+    """Runs tries inside the job process, talking to the supervisor over one socket."""
 
-    def __init__(self, app: App, conn: Connection) -> None:
+    def __init__(self, app: App, sock: socket.socket) -> None:
         self.app = app
-        self.conn = conn
-        self._stop = False
+        self.sock = sock
+        self.reader = wire.Reader(sock)
+        self.inbox: deque[RunMessage] = deque()
+        self.stops: set[tuple[int, int]] = set()  # tries asked to stop
+        self.memory = PeakMemory()
 
     def serve(self) -> NoReturn:
         while True:
+            while not self.inbox:
+                self._receive(wait=True)
+            message = self.inbox.popleft()
+            end = self.run(message)
+            self.stops.discard((message.job_id, message.attempt))
             try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
+                wire.send(self.sock, ("end", message.job_id, message.attempt,
+                                      wire.pack_end(end)))
+            except OSError:
                 os._exit(0)
-            if isinstance(message, RunMessage):
-                self._stop = False
-                end = self.run(message)
-                try:
-                    self.conn.send(("end", message.job_id, message.attempt, end))
-                except OSError:
-                    os._exit(0)
 
-    def _stop_requested(self) -> bool:
-        while not self._stop and self.conn.poll(0):
-            if self.conn.recv() == "stop":
-                self._stop = True
-        return self._stop
+    def _receive(self, wait: bool) -> None:
+        try:
+            messages = self.reader.read(wait)
+        except OSError:
+            messages = None
+        if messages is None:  # the supervisor is gone
+            os._exit(0)
+        for message in messages:
+            if message[0] == "stop":
+                self.stops.add((message[1], message[2]))
+            else:
+                self.inbox.append(RunMessage(*message[1:]))
 
     def run(self, message: RunMessage) -> TryEnd:
-        _reset_peak_memory()
+        self.memory.reset()
         started = time.perf_counter()
         end = self._call(message)
         duration = time.perf_counter() - started
@@ -109,7 +128,7 @@ class ChildRunner:
             verdict=end.verdict, outcome=end.outcome, result=end.result,
             error_type=end.error_type, error_message=end.error_message,
             traceback=end.traceback, seconds=end.seconds, ignore_retry=end.ignore_retry,
-            duration=duration, memory_mb=_peak_memory_mb())
+            duration=duration, memory_mb=self.memory.peak_mb())
 
     def _call(self, message: RunMessage) -> TryEnd:
         task = self.app.tasks.get(message.task)
@@ -127,10 +146,16 @@ class ChildRunner:
                           error_message=f"cannot decode the stored arguments: {exc}")
 
         def report(percent: int, status: str | None) -> None:
-            self.conn.send(("progress", message.job_id, message.attempt, percent, status))
+            wire.send(self.sock, ("progress", message.job_id, message.attempt, percent, status))
 
-        job = JobContext(message.uuid, message.attempt, context, parents, report,
-                         self._stop_requested)
+        def stop_requested() -> bool:
+            key = (message.job_id, message.attempt)
+            if key not in self.stops:
+                self._receive(wait=False)
+            return key in self.stops
+
+        job = JobContext(UUID(message.uuid), message.attempt, context, parents, report,
+                         stop_requested)
         try:
             with running(job, whole_process=True):
                 value = task.fn(*args, **kwargs)
@@ -171,8 +196,8 @@ def _ignore(signum: int, frame: object) -> None:
     """Ctrl-C or a SIGTERM to the process group: the supervisor handles the shutdown."""
 
 
-def child_main(app: App, conn: Connection, parent_pid: int,
-               inherited: list[Connection]) -> NoReturn:
+def child_main(app: App, sock: socket.socket, parent_pid: int,
+               inherited: list[socket.socket]) -> NoReturn:
     """Entry point of a freshly forked job process; never returns."""
     try:
         signal.set_wakeup_fd(-1)
@@ -184,6 +209,6 @@ def child_main(app: App, conn: Connection, parent_pid: int,
         for other in inherited:
             other.close()
         die_with_parent(parent_pid)
-        ChildRunner(app, conn).serve()
+        ChildRunner(app, sock).serve()
     finally:
         os._exit(70)

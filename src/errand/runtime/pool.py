@@ -5,16 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection
 from typing import Any
 
 from errand.app import App
 from errand.jobs import ClaimedJob, Outcome
 from errand.retry import TryEnd, Verdict
+from errand.runtime import wire
 from errand.runtime.child import RunMessage, child_main
 
 
@@ -33,7 +33,8 @@ class Running:
 @dataclass
 class Child:
     pid: int
-    conn: Connection
+    sock: socket.socket
+    reader: wire.Reader
     running: Running | None = None
     messages: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
@@ -59,14 +60,14 @@ class Pool:
         self.children: dict[int, Child] = {}
 
     def spawn(self) -> Child:
-        parent_end, child_end = Pipe(duplex=True)
-        inherited = [child.conn for child in self.children.values()] + [parent_end]
+        parent_end, child_end = socket.socketpair()
+        inherited = [child.sock for child in self.children.values()] + [parent_end]
         supervisor = os.getpid()  # read before the fork: a child that checks later might
         pid = os.fork()           # already see init as its parent if we died meanwhile
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             child_main(self.app, child_end, supervisor, inherited)
         child_end.close()
-        child = Child(pid=pid, conn=parent_end)
+        child = Child(pid=pid, sock=parent_end, reader=wire.Reader(parent_end))
         self.children[pid] = child
         return child
 
@@ -81,10 +82,10 @@ class Pool:
         child.running = Running(job=job, started=now,
                                 deadline=None if job.timeout is None else now + job.timeout)
         try:
-            child.conn.send(RunMessage(
-                job_id=job.id, attempt=job.attempt, uuid=job.uuid, task=job.task,
+            wire.send(child.sock, RunMessage(
+                job_id=job.id, attempt=job.attempt, uuid=str(job.uuid), task=job.task,
                 args=job.args, kwargs=job.kwargs, context=job.context,
-                parent_results=job.parent_results))
+                parent_results=job.parent_results).encode())
         except OSError:
             pass  # the child died just now; reaping settles the try as a crash
 
@@ -93,7 +94,7 @@ class Pool:
         if child.running is not None and child.running.stop_asked_at is None:
             child.running.stop_asked_at = time.monotonic()
             try:
-                child.conn.send("stop")
+                wire.send(child.sock, ("stop", child.running.job.id, child.running.job.attempt))
             except OSError:
                 pass  # the child is already gone; reaping will tell
 
@@ -105,15 +106,18 @@ class Pool:
             os.kill(child.pid, signal.SIGKILL)
 
     def read(self, child: Child) -> None:
-        """Drain a readable child's pipe into `child.messages`; EOF marks it closed."""
+        """Move what a readable child sent into `child.messages`; its end marks it closed."""
         try:
-            while child.conn.poll(0):
-                child.messages.append(child.conn.recv())
-        except (EOFError, OSError):
+            messages = child.reader.read()
+        except OSError:
+            messages = None
+        if messages is None:
             child.closed = True
+        else:
+            child.messages += messages
 
     def reap(self) -> list[tuple[Child, str]]:
-        """Children that exited, with how (`killed by SIGKILL`); the caller closes their pipe."""
+        """Children that exited, with how (`killed by SIGKILL`); the caller closes their socket."""
         gone = []
         for child in list(self.children.values()):
             try:
@@ -122,7 +126,7 @@ class Pool:
                 pid, status = child.pid, 0
             if pid == 0:
                 continue
-            if not child.conn.closed:
+            if not child.closed:  # what it wrote before it died still counts
                 self.read(child)
             child.closed = True
             del self.children[child.pid]
@@ -130,9 +134,9 @@ class Pool:
         return gone
 
     def close_all(self, deadline: float) -> None:
-        """Close every pipe (idle children exit on EOF); kill what is left at `deadline`."""
+        """Close every socket (an idle child exits then); kill what is left at `deadline`."""
         for child in self.children.values():
-            child.conn.close()
+            child.sock.close()
             child.closed = True
         while self.children and time.monotonic() < deadline:
             self.reap()

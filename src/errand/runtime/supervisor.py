@@ -26,6 +26,7 @@ from errand.channels import ChannelConfig, parse_channels
 from errand.errors import DatabaseError
 from errand.jobs import ClaimedJob, Finish, Outcome
 from errand.retry import TryEnd, Verdict, settle
+from errand.runtime import wire
 from errand.runtime.pool import Child, Pool, crash_end, process_started_at
 from errand.settings import Settings
 from errand.storage import Backend, open_backend
@@ -251,7 +252,7 @@ class Worker:
 
     def _spawn(self) -> None:
         child = self.pool.spawn()
-        self.selector.register(child.conn, selectors.EVENT_READ, child)
+        self.selector.register(child.sock, selectors.EVENT_READ, child)
 
     def _handle_messages(self, child: Child) -> None:
         messages, child.messages = child.messages, []
@@ -266,7 +267,7 @@ class Worker:
                     id=running.job.id, attempt=running.job.attempt, percent=message[3],
                     message=message[4])
             elif kind == "end":
-                self._end(child, message[3])
+                self._end(child, wire.unpack_end(message[3]))
 
     def _end(self, child: Child, end: TryEnd) -> None:
         running = child.running
@@ -293,8 +294,8 @@ class Worker:
 
     def _reap(self) -> None:
         for child, how in self.pool.reap():
-            self.selector.unregister(child.conn)
-            child.conn.close()
+            self.selector.unregister(child.sock)
+            child.sock.close()
             self._handle_messages(child)
             if child.running is not None:
                 elapsed = time.monotonic() - child.running.started
