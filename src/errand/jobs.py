@@ -182,6 +182,7 @@ class Finish:
     duration: float | None = None
     memory_mb: float | None = None
     has_children: bool = False
+    pid: int | None = None  # the start is not written yet: write it too, `duration` ago
 
 
 @dataclass(frozen=True, slots=True)

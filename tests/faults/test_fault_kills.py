@@ -131,6 +131,33 @@ def test_sigterm_lets_short_jobs_finish_and_leaves_queued_jobs_alone(
           f"{took:.2f} s after SIGTERM; 10 queued jobs untouched (attempt 0)")
 
 
+def test_sigterm_gives_back_jobs_claimed_ahead_untouched(
+        tasks: ModuleType, fleet: Fleet, sql: Sql, tmp_path: Path) -> None:
+    """Scenario 4 under load: a worker draining short jobs holds some claimed ahead; on
+    SIGTERM they go back to pending as if never claimed, and nothing is left half-done."""
+    jobs = tasks.work.delay_many([((i,), {}) for i in range(3000)])
+    worker = fleet.start(2, lease=LEASE)
+    wait_for(lambda: sql.count("done") >= 300, timeout=30, interval=0.01)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=30) == 0, worker.log()
+
+    assert "gave back" in worker.log(), "no job was claimed ahead: the test proves nothing"
+    tries, inside = sql.tries(), starts_in_jobs(tmp_path)
+    states = Counter()
+    for job in jobs:
+        job.refresh()
+        states[job.state] += 1
+        if job.state == "done":
+            assert job.attempt == 1 and [row[1] for row in tries[str(job.uuid)]] == ["success"]
+            assert inside[str(job.uuid)] == 1
+        else:
+            assert (job.state, job.attempt, job.retries) == ("pending", 0, 0), job
+            assert tries[str(job.uuid)] == [] and inside[str(job.uuid)] == 0
+    assert states["done"] >= 300 and states["pending"] > 0
+    print(f"\nFAULTS scenario 4c: SIGTERM while draining: {states['done']} done once, "
+          f"{states['pending']} pending untouched (claimed-ahead jobs given back)")
+
+
 def test_sigterm_puts_jobs_longer_than_the_grace_back_to_pending(
         tasks: ModuleType, fleet: Fleet, sql: Sql, tmp_path: Path) -> None:
     """Scenario 4, second half: jobs outliving the grace are pending within grace + 1 s."""

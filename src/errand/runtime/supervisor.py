@@ -17,6 +17,8 @@ import selectors
 import signal
 import socket
 import time
+from collections import deque
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -28,6 +30,7 @@ from errand.jobs import ClaimedJob, Finish, Outcome
 from errand.retry import TryEnd, Verdict, settle
 from errand.runtime import wire
 from errand.runtime.pool import Child, Pool, crash_end, process_started_at
+from errand.runtime.rounds import Round, RoundThread, Started
 from errand.settings import Settings
 from errand.storage import Backend, open_backend
 from errand.storage.base import Progress, Waker, WorkerInfo
@@ -40,6 +43,13 @@ BLOCKED_RETRY = 0.1  # ready jobs held back by capacities: look again this soon
 STARTED_DELAY = 0.005  # a short job's start is written with its end, in one batch
 LOST_CHECK_DELAY = 0.2  # after news that a running job may have been cancelled
 MAX_DB_BACKOFF = 5.0
+# Claim ahead the jobs this worker will start within the horizon, at the rate jobs have
+# been ending, so a process that finishes gets its next job without waiting for the
+# database. Long jobs end slowly, so nothing is claimed ahead for them (nor under channel
+# capacities, which claimed jobs count against).
+PREFETCH_HORIZON = 0.05
+PREFETCH_PER_PROCESS = 16
+RATE_WINDOW = 0.25
 
 
 class Worker:
@@ -66,9 +76,16 @@ class Worker:
         self.waker_fd: int | None = None
 
         self.finishes: list[Finish] = []
-        self.started: list[tuple[int, int, int]] = []
+        self.started: Started = {}
         self.started_since = 0.0
         self.progress: dict[int, Progress] = {}
+        self.ready: deque[ClaimedJob] = deque()  # claimed, not yet handed to a process
+        self.rounds = RoundThread()
+        self.round: Round | None = None  # on the round thread
+        self.prefetch_allowed = False
+        self.end_rate = 0.0
+        self.ends_counted = 0
+        self.rate_since = time.monotonic()
 
         now = time.monotonic()
         self.began = now
@@ -131,6 +148,7 @@ class Worker:
             self.pool.ask_to_stop(child)
 
     def _install_signals(self) -> None:
+        self.selector.register(self.rounds.fileno(), selectors.EVENT_READ, "round")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -155,12 +173,12 @@ class Worker:
         if self.hard_stop:
             return True
         if self.stopping:
-            return not self.pool.busy() and not self._writes_pending()
+            return not self.pool.busy() and not self._writes_pending() and self.round is None
         if (self.duration is not None and time.monotonic() - self.began >= self.duration):
             self.request_stop()
             return False
-        if self.burst and self.nothing_ready and not self.pool.busy() \
-                and not self._writes_pending():
+        if self.burst and self.nothing_ready and not self.pool.busy() and not self.ready \
+                and not self._writes_pending() and self.round is None:
             log.info("burst: no job is ready, exiting")
             self.stopping = True
             return True
@@ -178,6 +196,10 @@ class Worker:
             if self.pool.busy():
                 time.sleep(0.005)
         self.pool.close_all(deadline=time.monotonic() + 2.0)
+        self.rounds.close()  # lets a round in flight end
+        if self.round is not None:
+            with contextlib.suppress(DatabaseError):  # what it carried is written below
+                self._collect_round()
         self._final_flush()
         signal.set_wakeup_fd(self._old_wakeup)
         for signum, handler in self._old_handlers.items():
@@ -197,14 +219,23 @@ class Worker:
     def _step(self) -> None:
         for key, _ in self.selector.select(self._timeout()):
             if key.data == "signal":
-                self._drain_wakeup()
+                wire.drain(self._wake_r)
             elif key.data == "waker":
                 self.waker_news = True
+            elif key.data == "round":
+                self.rounds.drain()
             else:
                 self.pool.read(key.data)
+        if self.round is not None and self.round.future is not None \
+                and self.round.future.done():
+            try:
+                self._collect_round()
+            except DatabaseError as exc:
+                self._database_failed(exc)
         for child in list(self.pool.children.values()):
             self._handle_messages(child)
         self._reap()
+        self._feed()
         self._enforce_deadlines()
         if self.hard_stop:
             return
@@ -212,22 +243,27 @@ class Worker:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        if self.hard_stop or (self.finishes and now >= self.db_retry_at):
+        if self.hard_stop:
+            return 0.0
+        writable = self.round is None and now >= self.db_retry_at
+        if writable and self.finishes:
             return 0.0
         idle = bool(self.pool.idle()) and not self.stopping
-        if idle and self.want_claim and now >= self.db_retry_at:
+        if writable and self.want_claim and (idle or len(self.ready) < self._prefetch()):
             return 0.0
-        moments = [self.next_heartbeat, self.next_rescue]
-        if self.started:
-            moments.append(max(self.started_since + STARTED_DELAY, self.db_retry_at))
-        if self.db_down_since is not None:
-            moments.append(self.db_retry_at)
+        moments = []
+        if self.round is None:  # otherwise the round's end wakes the loop
+            moments += [self.next_heartbeat, self.next_rescue]
+            if self.started:
+                moments.append(max(self.started_since + STARTED_DELAY, self.db_retry_at))
+            if self.db_down_since is not None:
+                moments.append(self.db_retry_at)
+            if self.next_lost_check is not None:
+                moments.append(self.next_lost_check)
+            if self.progress:
+                moments.append(self.next_progress_flush)
         if self.wake_at is not None:
             moments.append(self.wake_at)
-        if self.next_lost_check is not None:
-            moments.append(self.next_lost_check)
-        if self.progress:
-            moments.append(self.next_progress_flush)
         if self.waker_fd is None or idle:
             moments.append(self.next_poll)
         if self.stop_deadline is not None:
@@ -241,18 +277,36 @@ class Worker:
                 moments.append(running.deadline)
             if running.lost and running.stop_asked_at is not None:
                 moments.append(running.stop_asked_at + self.settings.cancel_grace)
-        return max(0.0, min(moments) - now)
-
-    def _drain_wakeup(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        return max(0.0, min(moments, default=now + 1.0) - now)
 
     def _spawn(self) -> None:
         child = self.pool.spawn()
         self.selector.register(child.sock, selectors.EVENT_READ, child)
+
+    def _feed(self) -> None:
+        """Hand claimed jobs to idle processes."""
+        if not self.ready or self.stopping:
+            return
+        for child in self.pool.idle():
+            if not self.ready:
+                break
+            job = self.ready.popleft()
+            self.pool.start(child, job)
+            if not self.started:
+                self.started_since = time.monotonic()
+            self.started[(job.id, job.attempt)] = child.pid
+
+    def _prefetch(self) -> int:
+        """How many jobs to hold claimed beyond the idle processes' needs."""
+        if not self.prefetch_allowed or self.stopping:
+            return 0
+        now = time.monotonic()
+        if now - self.rate_since >= RATE_WINDOW:
+            self.end_rate = self.ends_counted / (now - self.rate_since)
+            self.ends_counted = 0
+            self.rate_since = now
+        return min(int(self.end_rate * PREFETCH_HORIZON),
+                   PREFETCH_PER_PROCESS * self.concurrency)
 
     def _handle_messages(self, child: Child) -> None:
         messages, child.messages = child.messages, []
@@ -282,10 +336,12 @@ class Worker:
                          error_message=f"stopped early for a worker shutdown "
                                        f"({end.error_message})", duration=end.duration,
                          memory_mb=end.memory_mb)
-        finish = settle(job, end)
+        finish = settle(job, end, self.started.pop((job.id, job.attempt), None))
         self.finishes.append(finish)
         self.want_claim = True
+        self.nothing_ready = False  # a retry may be ready now: a claim must tell
         self.jobs_run += 1
+        self.ends_counted += 1
         if finish.outcome is Outcome.SUCCESS:
             log.info("%s %s done in %.3f s", job.task, job.uuid, end.duration or 0.0)
         else:
@@ -370,7 +426,8 @@ class Worker:
             self.db_down_since = now
             log.error("%s; retrying (running jobs go on, results are kept)", exc)
         self._close_waker()
-        if self.backend is not None:  # its other connection may be dead too: start afresh
+        # Its other connection may be dead too: start afresh (once a round in flight ends).
+        if self.backend is not None and self.round is None:
             with contextlib.suppress(Exception):
                 self.backend.close()
         self.db_retry_at = now + self.db_backoff
@@ -391,10 +448,14 @@ class Worker:
         if self.wake_at is not None and now >= self.wake_at:
             self.wake_at = None
             self.want_claim = True
+        if self.round is not None:
+            return  # the round thread has the connection
         if now >= self.next_channel_refresh:
             self.channel_settings = backend.channel_settings()
+            self.prefetch_allowed = not any(
+                c.capacity is not None or c.sequential or c.paused
+                for c in self.channel_settings.values())
             self.next_channel_refresh = now + CHANNEL_REFRESH_INTERVAL
-        self._exchange(backend, now)
         if now >= self.next_heartbeat or (self.next_lost_check is not None
                                           and now >= self.next_lost_check):
             self._heartbeat(backend)
@@ -406,6 +467,7 @@ class Worker:
                     log.warning("rescued %d job(s) of workers that stopped heartbeating",
                                 len(rescued))
                     self.want_claim = True
+        self._exchange(backend, now)
 
     def _alive_here(self, backend: Backend) -> list[str]:
         """Silent workers of this host whose process still runs: slow, not dead (a SQLite
@@ -417,14 +479,20 @@ class Worker:
 
     def _flush(self, backend: Backend, now: float) -> None:
         if self.started:
-            backend.mark_started(self.id, self.started)
-            self.started = []
+            backend.mark_started(self.id, [(job_id, attempt, pid) for (job_id, attempt), pid
+                                           in self.started.items()])
+            self.started = {}
         if self.progress and (self.finishes or now >= self.next_progress_flush):
             backend.save_progress(list(self.progress.values()))
             self.progress = {}
             self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
         if self.finishes:
-            self._report_unapplied(set(backend.finish(self.id, self.finishes)))
+            finishes, self.finishes = self.finishes, []
+            try:
+                self._report_unapplied(finishes, set(backend.finish(self.id, finishes)))
+            except DatabaseError:
+                self.finishes = finishes + self.finishes
+                raise
 
     def _poll_waker(self, now: float) -> None:
         waker = self.waker
@@ -452,6 +520,8 @@ class Worker:
         now = time.monotonic()
         running = [(c.running.job.id, c.running.job.attempt)
                    for c in self.pool.busy() if c.running is not None]
+        running += [(job.id, job.attempt) for job in self.ready]
+        running += [(finish.id, finish.attempt) for finish in self.finishes]  # not written yet
         lost = backend.heartbeat(self.id, running)
         if lost is not None:
             # Jobs the database says are ours but no process of ours runs: a claim whose
@@ -475,6 +545,12 @@ class Worker:
         self.next_heartbeat = now + self.lease / 4
         self.next_lost_check = None
         lost_ids = set(lost)
+        if lost_ids and self.ready:
+            kept = [job for job in self.ready if job.id not in lost_ids]
+            if len(kept) < len(self.ready):
+                log.warning("%d job(s) claimed ahead were cancelled or taken over before "
+                            "they started", len(self.ready) - len(kept))
+                self.ready = deque(kept)
         for child in self.pool.busy():
             running_try = child.running
             assert running_try is not None
@@ -485,46 +561,68 @@ class Worker:
                 self.pool.ask_to_stop(child)
 
     def _exchange(self, backend: Backend, now: float) -> None:
-        """Write the round's starts, progress and ends, and claim for idle processes, in
-        one batch (one round trip on PostgreSQL, one commit on SQLite)."""
-        idle = self.pool.idle() if self.want_claim and not self.stopping else []
+        """Write the round's starts, progress and ends, and claim jobs for idle processes
+        (and ahead), in one batch: one round trip on PostgreSQL, one commit on SQLite.
+        While processes are busy it runs on the round thread, so they are fed meanwhile."""
+        claim = 0
+        if self.want_claim and not self.stopping:
+            claim = max(len(self.pool.idle()) + self._prefetch() - len(self.ready), 0)
         progress = list(self.progress.values()) if self.progress and (
             self.finishes or now >= self.next_progress_flush) else []
         starts_due = bool(self.started) and (now >= self.started_since + STARTED_DELAY
                                              or self.stopping)
-        if not (idle or starts_due or progress or self.finishes):
+        if not (claim or starts_due or progress or self.finishes):
             return
-        applied, jobs = backend.exchange(self.id, self.started, progress, self.finishes,
-                                         len(idle), self.channel_settings)
-        self.started = []
+        round_ = Round(started=self.started, progress=progress, finishes=self.finishes,
+                       claim=claim, channels=self.channel_settings)
+        self.started, self.finishes = {}, []
         if progress:
             self.progress = {}
             self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
-        self._report_unapplied(set(applied))
-        if idle:
-            self._dispatch(backend, idle, jobs)
+        self.round = round_
+        if self.pool.busy():
+            self.rounds.submit(round_, lambda: round_.run(backend, self.id))
+        else:  # nothing to feed meanwhile: spare the thread hop (start latency)
+            self._take_round(round_, lambda: round_.run(backend, self.id))
 
-    def _report_unapplied(self, applied: set[int]) -> None:
-        for finish in self.finishes:
-            if finish.id not in applied:
-                log.warning("job %d try %d was no longer ours (cancelled or rescued); "
-                            "its end was not applied to the job", finish.id, finish.attempt)
-        self.finishes = []
+    def _collect_round(self) -> None:
+        assert self.round is not None and self.round.future is not None
+        self._take_round(self.round, self.round.future.result)
 
-    def _dispatch(self, backend: Backend, idle: list[Child], jobs: list[ClaimedJob]) -> None:
-        if jobs and not self.started:
-            self.started_since = time.monotonic()
-        for child, job in zip(idle, jobs, strict=False):
-            self.pool.start(child, job)
-            self.started.append((job.id, job.attempt, child.pid))
-        if len(jobs) < len(idle):
+    def _take_round(self, round_: Round,
+                    answer: Callable[[], tuple[list[int], list[ClaimedJob]]]) -> None:
+        """Take a round's answer (or its failure: what it carried is written again)."""
+        try:
+            applied, jobs = answer()
+        except BaseException:
+            self.round = None
+            self.started = {**round_.started, **self.started}
+            self.finishes = round_.finishes + self.finishes
+            for update in round_.progress:
+                self.progress.setdefault(update.id, update)
+            raise
+        self.round = None
+        self._report_unapplied(round_.finishes, set(applied))
+        if not round_.claim:
+            return
+        self.ready.extend(jobs)
+        self._feed()
+        if len(jobs) < round_.claim:
             self.want_claim = False
-            eta = backend.next_eta()
-            self.nothing_ready = not jobs and (eta is None or eta > 0)
+            eta = self.backend.next_eta() if self.backend is not None else None
+            # Ends that came in meanwhile may have made retries ready: not "nothing" yet.
+            self.nothing_ready = not (jobs or self.ready or self.finishes) and (
+                eta is None or eta > 0)
             if eta is not None:  # due now but held back (capacity, lock): look again soon
                 self.wake_at = time.monotonic() + (eta if eta > 0 else BLOCKED_RETRY)
         else:
             self.nothing_ready = False
+
+    def _report_unapplied(self, finishes: list[Finish], applied: set[int]) -> None:
+        for finish in finishes:
+            if finish.id not in applied:
+                log.warning("job %d try %d was no longer ours (cancelled or rescued); "
+                            "its end was not applied to the job", finish.id, finish.attempt)
 
     def _final_flush(self) -> None:
         """Write what is left; if the database stays away, rescue will put the jobs back."""
@@ -534,6 +632,10 @@ class Worker:
         while True:
             try:
                 self._flush(self.backend, time.monotonic())
+                if self.ready:  # claimed ahead, never started: give them back untouched
+                    self.backend.unclaim(self.id, [(job.id, job.attempt) for job in self.ready])
+                    log.info("gave back %d job(s) claimed ahead", len(self.ready))
+                    self.ready.clear()
                 self.backend.stop_worker(self.id)
                 return
             except DatabaseError as exc:

@@ -31,6 +31,15 @@ def send(sock: socket.socket, message: tuple[Any, ...]) -> None:
     sock.sendall(encode(message))
 
 
+def drain(sock: socket.socket) -> None:
+    """Empty a non-blocking wake-up socket (the bytes only say "look")."""
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 class Reader:
     """Reassembles messages from a stream that may deliver them in pieces."""
 

@@ -121,6 +121,10 @@ class Backend(Protocol):
         """Put back the jobs held for this worker that are not in `running` (claimed, but
         the answer was lost); return their ids."""
 
+    def unclaim(self, worker_id: str, jobs: Sequence[tuple[int, int]]) -> None:
+        """Give back jobs (id, attempt) claimed ahead but never started, as if never
+        claimed."""
+
     def stop_worker(self, worker_id: str) -> None: ...
 
     def claim(self, worker_id: str, limit: int,

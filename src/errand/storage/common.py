@@ -236,6 +236,11 @@ class SqlBackend(ABC):
         released, _ = self._write("release_unknown", {"worker": worker_id, "running": document})
         return [row[0] for row in released]
 
+    def unclaim(self, worker_id: str, jobs: Sequence[tuple[int, int]]) -> None:
+        if jobs:
+            self._write("unclaim_jobs", {"worker": worker_id, "jobs": rows.records_document(
+                ("id", "attempt"), jobs)})
+
     def stop_worker(self, worker_id: str) -> None:
         self._write("stop_worker", {"worker": worker_id})
 

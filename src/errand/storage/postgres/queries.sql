@@ -197,6 +197,23 @@ WITH known AS (
 )
 SELECT id FROM released;
 
+-- name: unclaim_jobs
+-- Jobs a stopping worker claimed ahead and never started: pending again, as if never
+-- claimed (their try number and the row of their try are taken back).
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(id bigint, attempt integer)
+), back AS (
+    UPDATE errand_jobs AS j SET state = 'pending', attempt = j.attempt - 1, worker_id = NULL
+    FROM r
+    WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = %(worker)s
+      AND j.state = 'enqueued'
+    RETURNING j.id, r.attempt
+), forgotten AS (
+    DELETE FROM errand_attempts AS a USING back
+    WHERE a.job_id = back.id AND a.attempt = back.attempt
+)
+SELECT id FROM back;
+
 -- name: stop_worker
 UPDATE errand_workers SET state = 'stopped', heartbeat_at = now() WHERE id = %(worker)s;
 
@@ -365,12 +382,16 @@ WITH f AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(%(finishes)s::jsonb) AS f(
         id bigint, attempt integer, state text, outcome text, retries integer,
         delay double precision, result jsonb, error_type text, error_message text,
-        traceback text, duration double precision, memory_mb double precision)
+        traceback text, duration double precision, memory_mb double precision, pid integer)
 ), tries AS (
+    -- A try with a pid was too short for its start to be written on its own: its start is
+    -- written now, dated back by its duration.
     UPDATE errand_attempts AS a
     SET ended_at = now(), outcome = f.outcome, result = f.result, error_type = f.error_type,
         error_message = f.error_message, traceback = f.traceback, duration = f.duration,
-        memory_mb = f.memory_mb
+        memory_mb = f.memory_mb, pid = coalesce(f.pid, a.pid),
+        started_at = CASE WHEN f.pid IS NULL THEN a.started_at
+                          ELSE now() - make_interval(secs => coalesce(f.duration, 0)) END
     FROM f
     WHERE a.job_id = f.id AND a.attempt = f.attempt AND a.outcome IS NULL
 ), jobs AS (
@@ -383,6 +404,8 @@ WITH f AS MATERIALIZED (
         error_type = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_type END,
         error_message = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_message END,
         progress = CASE WHEN f.state = 'done' THEN 100 ELSE j.progress END,
+        started_at = CASE WHEN f.pid IS NULL THEN j.started_at
+                          ELSE now() - make_interval(secs => coalesce(f.duration, 0)) END,
         ended_at = CASE WHEN f.state IN ('done', 'failed', 'cancelled') THEN now() END
     FROM f
     WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = %(worker)s
@@ -432,8 +455,10 @@ WITH elected AS MATERIALIZED (
       AND (heartbeat_at >= now() - make_interval(secs => %(lease)s)
            OR id = ANY(%(alive)s::text[]))
 ), orphans AS MATERIALIZED (
-    SELECT j.id, j.attempt, j.worker_id,
-           j.max_retries > 0 AND j.retries >= j.max_retries AS exhausted
+    -- A try still 'enqueued' was claimed (ahead) but not seen starting: it does not count.
+    SELECT j.id, j.attempt, j.worker_id, j.state = 'started' AS counted,
+           j.state = 'started' AND j.max_retries > 0 AND j.retries >= j.max_retries
+               AS exhausted
     FROM errand_jobs j
     WHERE j.state IN ('enqueued', 'started') AND (SELECT won FROM elected)
       AND j.worker_id NOT IN (SELECT id FROM live)
@@ -441,7 +466,8 @@ WITH elected AS MATERIALIZED (
 ), rescued AS (
     UPDATE errand_jobs AS j
     SET state = CASE WHEN o.exhausted THEN 'failed' ELSE 'pending' END,
-        retries = CASE WHEN o.exhausted THEN j.retries ELSE j.retries + 1 END,
+        retries = CASE WHEN o.counted AND NOT o.exhausted THEN j.retries + 1
+                       ELSE j.retries END,
         eta = now(),
         ended_at = CASE WHEN o.exhausted THEN now() END,
         error_type = 'WorkerLost',

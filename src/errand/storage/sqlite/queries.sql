@@ -221,6 +221,22 @@ WHERE outcome IS NULL AND worker_id = :worker
                   WHERE json_extract(r.value, '$.id') = errand_attempts.job_id
                     AND json_extract(r.value, '$.attempt') = errand_attempts.attempt);
 
+-- name: unclaim_jobs
+-- Jobs a stopping worker claimed ahead and never started: pending again, as if never
+-- claimed (their try number and the row of their try are taken back).
+DELETE FROM errand_attempts
+WHERE outcome IS NULL AND started_at IS NULL
+  AND EXISTS (SELECT 1 FROM json_each(:jobs) AS r
+              JOIN errand_jobs j ON j.id = json_extract(r.value, '$.id')
+                                AND j.attempt = json_extract(r.value, '$.attempt')
+              WHERE j.id = errand_attempts.job_id AND j.attempt = errand_attempts.attempt
+                AND j.worker_id = :worker AND j.state = 'enqueued');
+UPDATE errand_jobs SET state = 'pending', attempt = attempt - 1, worker_id = NULL
+WHERE worker_id = :worker AND state = 'enqueued'
+  AND EXISTS (SELECT 1 FROM json_each(:jobs) AS r
+              WHERE json_extract(r.value, '$.id') = errand_jobs.id
+                AND json_extract(r.value, '$.attempt') = errand_jobs.attempt);
+
 -- name: stop_worker
 UPDATE errand_workers
 SET state = 'stopped', heartbeat_at = (julianday('now') - 2440587.5) * 86400.0
@@ -382,10 +398,15 @@ SET state = f.state,
     error_type = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_type END,
     error_message = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_message END,
     progress = CASE WHEN f.state = 'done' THEN 100 ELSE errand_jobs.progress END,
+    started_at = CASE WHEN f.pid IS NULL THEN errand_jobs.started_at
+                      ELSE (julianday('now') - 2440587.5) * 86400.0 - coalesce(f.duration, 0)
+                      END,
     ended_at = CASE WHEN f.state IN ('done', 'failed', 'cancelled')
                     THEN (julianday('now') - 2440587.5) * 86400.0 END
 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
              json_extract(value, '$.state') AS state,
+             json_extract(value, '$.pid') AS pid,
+             json_extract(value, '$.duration') AS duration,
              json_extract(value, '$.retries') AS retries,
              json_extract(value, '$.delay') AS delay,
              json_extract(value, '$.result') AS result,
@@ -398,11 +419,18 @@ RETURNING id, state = 'done' AND EXISTS (SELECT 1 FROM errand_dependencies d
                                          WHERE d.depends_on = errand_jobs.id);
 -- changes() still counts the job rows the statement above updated.
 UPDATE errand_workers SET jobs_done = jobs_done + changes() WHERE id = :worker;
+-- A try with a pid was too short for its start to be written on its own: its start is
+-- written now, dated back by its duration.
 UPDATE errand_attempts
 SET ended_at = (julianday('now') - 2440587.5) * 86400.0, outcome = f.outcome,
     result = f.result, error_type = f.error_type, error_message = f.error_message,
-    traceback = f.traceback, duration = f.duration, memory_mb = f.memory_mb
+    traceback = f.traceback, duration = f.duration, memory_mb = f.memory_mb,
+    pid = coalesce(f.pid, errand_attempts.pid),
+    started_at = CASE WHEN f.pid IS NULL THEN errand_attempts.started_at
+                      ELSE (julianday('now') - 2440587.5) * 86400.0 - coalesce(f.duration, 0)
+                      END
 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.pid') AS pid,
              json_extract(value, '$.outcome') AS outcome,
              json_extract(value, '$.result') AS result,
              json_extract(value, '$.error_type') AS error_type,
@@ -429,14 +457,15 @@ SELECT max(min(eta) - (julianday('now') - 2440587.5) * 86400.0, 0.0)
 FROM errand_jobs INDEXED BY errand_jobs_pending_eta WHERE state = 'pending';
 
 -- name: rescue_jobs
--- One writer at a time (BEGIN IMMEDIATE), so no election is needed here.
+-- One writer at a time (BEGIN IMMEDIATE), so no election is needed here. A try still
+-- 'enqueued' was claimed (ahead) but not seen starting: it does not count.
 UPDATE errand_jobs
-SET state = CASE WHEN max_retries > 0 AND retries >= max_retries THEN 'failed'
-                 ELSE 'pending' END,
-    retries = CASE WHEN max_retries > 0 AND retries >= max_retries THEN retries
-                   ELSE retries + 1 END,
+SET state = CASE WHEN state = 'started' AND max_retries > 0 AND retries >= max_retries
+                 THEN 'failed' ELSE 'pending' END,
+    retries = CASE WHEN state = 'started' AND NOT (max_retries > 0 AND retries >= max_retries)
+                   THEN retries + 1 ELSE retries END,
     eta = (julianday('now') - 2440587.5) * 86400.0,
-    ended_at = CASE WHEN max_retries > 0 AND retries >= max_retries
+    ended_at = CASE WHEN state = 'started' AND max_retries > 0 AND retries >= max_retries
                     THEN (julianday('now') - 2440587.5) * 86400.0 END,
     error_type = 'WorkerLost',
     error_message = 'worker ' || coalesce(worker_id, '?')
