@@ -48,7 +48,7 @@ from types import ModuleType
 
 import psycopg
 import pytest
-from faultkit import Fleet, Sql, Worker, starts_in_jobs
+from faultkit import Fleet, Sql, Worker, gate_mark, starts_in_jobs
 from pg_cluster import ClusterUnavailable, PgCluster, gate
 from psycopg.conninfo import conninfo_to_dict
 
@@ -441,8 +441,8 @@ def test_a_result_kept_through_an_outage_is_written_once_and_listen_resumes(
     cluster.stop("immediate")
     try:
         (tmp_path / "release").write_text("")
-        wait_for(lambda: f"{held.uuid} done in" in worker.log(), timeout=10)
-        time.sleep(3.0)  # hold the outage: the worker retries with backoff meanwhile
+        wait_for(gate_mark(tmp_path, held.uuid, 1, "ended").exists, timeout=10)
+        time.sleep(3.0)  # hold the outage: the worker has the end and retries meanwhile
         assert worker.process.poll() is None, worker.log()
     finally:
         cluster.start()

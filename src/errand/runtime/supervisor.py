@@ -342,8 +342,9 @@ class Worker:
         self.nothing_ready = False  # a retry may be ready now: a claim must tell
         self.jobs_run += 1
         self.ends_counted += 1
-        if finish.outcome is Outcome.SUCCESS:
-            log.info("%s %s done in %.3f s", job.task, job.uuid, end.duration or 0.0)
+        if finish.outcome is Outcome.SUCCESS:  # thousands a second: only when asked for
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s done in %.3f s", job.task, job.uuid, end.duration or 0.0)
         else:
             log.warning("%s %s try %d: %s (%s: %s) -> %s", job.task, job.uuid, job.attempt,
                         finish.outcome, finish.error_type, finish.error_message, finish.state)
