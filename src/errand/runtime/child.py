@@ -95,8 +95,9 @@ class ChildRunner:
 
     def serve(self) -> NoReturn:
         while True:
-            while not self.inbox:
-                self._receive(wait=True)
+            self._receive(wait=not self.inbox)  # also takes an "unqueue" for the next job
+            if not self.inbox:
+                continue
             message = self.inbox.popleft()
             end = self.run(message)
             self.stops.discard((message.job_id, message.attempt))
@@ -116,8 +117,20 @@ class ChildRunner:
         for message in messages:
             if message[0] == "stop":
                 self.stops.add((message[1], message[2]))
+            elif message[0] == "unqueue":  # not begun yet? then it goes back
+                self._give_back(message[1], message[2])
             else:
                 self.inbox.append(RunMessage(*message[1:]))
+
+    def _give_back(self, job_id: int, attempt: int) -> None:
+        for queued in self.inbox:
+            if (queued.job_id, queued.attempt) == (job_id, attempt):
+                self.inbox.remove(queued)
+                try:
+                    wire.send(self.sock, ("returned", job_id, attempt))
+                except OSError:
+                    os._exit(0)
+                return
 
     def run(self, message: RunMessage) -> TryEnd:
         self.memory.reset()

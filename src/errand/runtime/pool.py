@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,11 @@ class Child:
     sock: socket.socket
     reader: wire.Reader
     running: Running | None = None
+    # Sent while `running` runs, so the process goes on without waiting for us; the head
+    # starts when the process reports the end of `running` (it always reports first).
+    queued: deque[ClaimedJob] = field(default_factory=deque)
+    retracting: bool = False  # all queued asked back: "returned" or their start will tell
+    killed: bool = False  # we sent SIGKILL (for the try running then)
     messages: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
 
@@ -53,7 +59,8 @@ def describe_exit(status: int) -> str:
 
 
 class Pool:
-    """Job processes forked from the supervisor; each runs one try at a time."""
+    """Job processes forked from the supervisor; each runs one try at a time and may hold
+    the next one."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -74,13 +81,20 @@ class Pool:
     def idle(self) -> list[Child]:
         return [c for c in self.children.values() if c.running is None and not c.closed]
 
+    def pipelined(self, depth: int) -> list[Child]:
+        """Busy children with room for more next jobs."""
+        return [c for c in self.children.values() if c.running is not None
+                and len(c.queued) < depth and not c.retracting and not c.closed]
+
     def busy(self) -> list[Child]:
         return [c for c in self.children.values() if c.running is not None]
 
     def start(self, child: Child, job: ClaimedJob) -> None:
-        now = time.monotonic()
-        child.running = Running(job=job, started=now,
-                                deadline=None if job.timeout is None else now + job.timeout)
+        """Send `job` to `child`: it runs now if the child is idle, else next."""
+        if child.running is None:
+            self._running(child, job)
+        else:
+            child.queued.append(job)
         try:
             wire.send(child.sock, RunMessage(
                 job_id=job.id, attempt=job.attempt, uuid=str(job.uuid), task=job.task,
@@ -88,6 +102,48 @@ class Pool:
                 parent_results=job.parent_results).encode())
         except OSError:
             pass  # the child died just now; reaping settles the try as a crash
+
+    @staticmethod
+    def _running(child: Child, job: ClaimedJob) -> None:
+        now = time.monotonic()
+        child.running = Running(job=job, started=now,
+                                deadline=None if job.timeout is None else now + job.timeout)
+
+    def promote(self, child: Child) -> ClaimedJob | None:
+        """The running try ended: the first queued one (if any) has started; return it."""
+        child.running = None
+        if not child.queued:
+            return None
+        job = child.queued.popleft()
+        self._running(child, job)
+        return job
+
+    def retract(self, child: Child) -> None:
+        """Ask for the queued jobs back; the child answers "returned" for each it had not
+        begun."""
+        if child.queued and not child.retracting:
+            child.retracting = True
+            try:
+                child.sock.sendall(b"".join(wire.encode(("unqueue", job.id, job.attempt))
+                                            for job in child.queued))
+            except OSError:
+                pass  # gone: reaping puts the queued jobs back
+
+    def unqueue(self, child: Child, key: tuple[int, int]) -> ClaimedJob | None:
+        """Take a job the child gave back out of its queue (or, begun too early in our
+        books, out of `running`); None if it is neither."""
+        for job in child.queued:
+            if (job.id, job.attempt) == key:
+                child.queued.remove(job)
+                break
+        else:
+            if child.running is None or (child.running.job.id,
+                                         child.running.job.attempt) != key:
+                return None
+            job, child.running = child.running.job, None
+        if not child.queued:
+            child.retracting = False
+        return job
 
     def ask_to_stop(self, child: Child) -> None:
         """Make the job's `should_stop()` true; it may still run to its end."""
@@ -102,6 +158,7 @@ class Pool:
         """SIGKILL a child; its try ends with `reason` once it is reaped."""
         if child.running is not None and child.running.kill_reason is None:
             child.running.kill_reason = reason
+        child.killed = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
 

@@ -49,7 +49,18 @@ MAX_DB_BACKOFF = 5.0
 # capacities, which claimed jobs count against).
 PREFETCH_HORIZON = 0.05
 PREFETCH_PER_PROCESS = 16
-RATE_WINDOW = 0.25
+RATE_WINDOW = 0.1
+# While jobs are that short, each busy process also holds its next job, so it never waits
+# for the supervisor between two jobs; a job held behind one running longer than this is
+# asked back, so it waits no longer than that.
+RETRACT_AFTER = 0.05
+PIPELINE_DEPTH = 8
+
+
+# The process was killed for the try it ran, which had just ended and let the next begin.
+KILLED_FOR_ANOTHER = TryEnd(Verdict.REQUEUE, Outcome.INTERRUPTED, error_type="WorkerShutdown",
+                            error_message="the job process was stopped for the try before "
+                                          "this one (its timeout, cancel or a shutdown)")
 
 
 class Worker:
@@ -80,6 +91,7 @@ class Worker:
         self.started_since = 0.0
         self.progress: dict[int, Progress] = {}
         self.ready: deque[ClaimedJob] = deque()  # claimed, not yet handed to a process
+        self.cancelled_ahead: set[tuple[int, int]] = set()  # queued in a process, then lost
         self.rounds = RoundThread()
         self.round: Round | None = None  # on the round thread
         self.prefetch_allowed = False
@@ -146,6 +158,7 @@ class Worker:
                  self.settings.shutdown_grace)
         for child in busy:
             self.pool.ask_to_stop(child)
+            self.pool.retract(child)
 
     def _install_signals(self) -> None:
         self.selector.register(self.rounds.fileno(), selectors.EVENT_READ, "round")
@@ -275,6 +288,8 @@ class Worker:
             assert running is not None
             if running.deadline is not None:
                 moments.append(running.deadline)
+            if child.queued and not child.retracting:
+                moments.append(running.started + RETRACT_AFTER)
             if running.lost and running.stop_asked_at is not None:
                 moments.append(running.stop_asked_at + self.settings.cancel_grace)
         return max(0.0, min(moments, default=now + 1.0) - now)
@@ -284,17 +299,24 @@ class Worker:
         self.selector.register(child.sock, selectors.EVENT_READ, child)
 
     def _feed(self) -> None:
-        """Hand claimed jobs to idle processes."""
+        """Hand claimed jobs to idle processes, then (short jobs) a next one to busy ones."""
         if not self.ready or self.stopping:
             return
         for child in self.pool.idle():
             if not self.ready:
-                break
+                return
             job = self.ready.popleft()
             self.pool.start(child, job)
-            if not self.started:
-                self.started_since = time.monotonic()
-            self.started[(job.id, job.attempt)] = child.pid
+            self._started(job, child.pid)
+        depth = min(self._prefetch() // self.concurrency, PIPELINE_DEPTH)
+        for child in self.pool.pipelined(depth):
+            while self.ready and len(child.queued) < depth:
+                self.pool.start(child, self.ready.popleft())
+
+    def _started(self, job: ClaimedJob, pid: int) -> None:
+        if not self.started:
+            self.started_since = time.monotonic()
+        self.started[(job.id, job.attempt)] = pid
 
     def _prefetch(self) -> int:
         """How many jobs to hold claimed beyond the idle processes' needs."""
@@ -312,6 +334,9 @@ class Worker:
         messages, child.messages = child.messages, []
         for message in messages:
             kind = message[0]
+            if kind == "returned":
+                self._returned(child, (message[1], message[2]))
+                continue
             running = child.running
             if running is None or running.job.id != message[1] \
                     or running.job.attempt != message[2]:
@@ -323,10 +348,26 @@ class Worker:
             elif kind == "end":
                 self._end(child, wire.unpack_end(message[3]))
 
+    def _returned(self, child: Child, key: tuple[int, int]) -> None:
+        """A job asked back had not begun: claimed again, waiting for any process."""
+        job = self.pool.unqueue(child, key)
+        if job is None:
+            return
+        self.started.pop(key, None)  # if taken for begun too early
+        if key in self.cancelled_ahead:
+            self.cancelled_ahead.discard(key)
+        else:
+            self.ready.appendleft(job)
+
     def _end(self, child: Child, end: TryEnd) -> None:
         running = child.running
         assert running is not None
-        child.running = None
+        following = self.pool.promote(child)  # the process has begun its next job
+        if following is not None:
+            self._started(following, child.pid)
+            if (following.id, following.attempt) in self.cancelled_ahead:
+                self.cancelled_ahead.discard((following.id, following.attempt))
+                self._lose(child)
         job = running.job
         if end.verdict is Verdict.CANCEL and running.stop_asked_at is not None \
                 and not running.lost:
@@ -354,9 +395,12 @@ class Worker:
             self.selector.unregister(child.sock)
             child.sock.close()
             self._handle_messages(child)
+            for job in reversed(list(child.queued)):  # never begun: no end came before them
+                self._returned(child, (job.id, job.attempt))
             if child.running is not None:
                 elapsed = time.monotonic() - child.running.started
-                self._end(child, child.running.kill_reason or crash_end(how, elapsed))
+                self._end(child, child.running.kill_reason or (
+                    KILLED_FOR_ANOTHER if child.killed else crash_end(how, elapsed)))
             if not self.stopping and not self.hard_stop:
                 self._spawn()
 
@@ -365,6 +409,8 @@ class Worker:
         for child in self.pool.busy():
             running = child.running
             assert running is not None
+            if child.queued and now >= running.started + RETRACT_AFTER:
+                self.pool.retract(child)  # held behind a long job: let another take it
             if running.kill_reason is not None:
                 continue
             if self.hard_stop or (self.stop_deadline is not None and now >= self.stop_deadline):
@@ -522,6 +568,7 @@ class Worker:
         running = [(c.running.job.id, c.running.job.attempt)
                    for c in self.pool.busy() if c.running is not None]
         running += [(job.id, job.attempt) for job in self.ready]
+        running += [(job.id, job.attempt) for c in self.pool.busy() for job in c.queued]
         running += [(finish.id, finish.attempt) for finish in self.finishes]  # not written yet
         lost = backend.heartbeat(self.id, running)
         if lost is not None:
@@ -555,11 +602,22 @@ class Worker:
         for child in self.pool.busy():
             running_try = child.running
             assert running_try is not None
-            if running_try.job.id in lost_ids and not running_try.lost:
-                running_try.lost = True
-                log.warning("%s %s was cancelled or taken over; stopping its process",
-                            running_try.job.task, running_try.job.uuid)
-                self.pool.ask_to_stop(child)
+            lost_ahead = {(job.id, job.attempt) for job in child.queued if job.id in lost_ids}
+            if lost_ahead:
+                self.cancelled_ahead |= lost_ahead
+                self.pool.retract(child)
+            if running_try.job.id in lost_ids:
+                self._lose(child)
+
+    def _lose(self, child: Child) -> None:
+        """The running job was cancelled or taken over: stop its process."""
+        running = child.running
+        assert running is not None
+        if not running.lost:
+            running.lost = True
+            log.warning("%s %s was cancelled or taken over; stopping its process",
+                        running.job.task, running.job.uuid)
+            self.pool.ask_to_stop(child)
 
     def _exchange(self, backend: Backend, now: float) -> None:
         """Write the round's starts, progress and ends, and claim jobs for idle processes
