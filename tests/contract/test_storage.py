@@ -199,22 +199,63 @@ def test_rescue_returns_a_silent_workers_jobs(backend: Backend) -> None:
                                  state=State.PENDING, outcome=Outcome.ERROR, retries=1)])
     [last_try] = backend.claim(dead, 1)
     assert last_try.attempt == 2
+    backend.mark_started(dead, [(first.id, first.attempt, 7), (last_try.id, 2, 7)])
+    backend.enqueue([new_job(max_retries=1)])
+    [ahead] = backend.claim(dead, 1)  # claimed ahead, never seen starting
     backend.enqueue([new_job()])
     [theirs] = backend.claim(alive, 1)
     assert backend.rescue(lease=3600.0) == []  # everyone heartbeated within the lease
     time.sleep(0.05)
     backend.heartbeat(alive, [(theirs.id, theirs.attempt)])
     rescued = backend.rescue(lease=0.02)
-    assert sorted(rescued) == sorted([first.id, last_try.id])
+    assert sorted(rescued) == sorted([first.id, last_try.id, ahead.id])
     again = backend.get_job(first.uuid)
     assert again is not None and again.state == State.PENDING and again.retries == 1
     assert again.error_type == "WorkerLost"
     gave_up = backend.get_job(last_try.uuid)
     assert gave_up is not None and gave_up.state == State.FAILED
+    not_counted = backend.get_job(ahead.uuid)
+    assert not_counted is not None and (not_counted.state, not_counted.retries) == (
+        State.PENDING, 0)
     untouched = backend.get_job(theirs.uuid)
     assert untouched is not None and untouched.state == State.ENQUEUED
     assert backend.list_attempts(first.id)[-1].outcome == Outcome.INTERRUPTED
     assert {w.id: w.state for w in backend.list_workers()}["dead"] == "dead"
+
+
+def test_a_short_try_writes_its_start_with_its_end(backend: Backend) -> None:
+    worker = register(backend)
+    backend.enqueue([new_job(), new_job()])
+    short, long = backend.claim(worker, 2)
+    backend.mark_started(worker, [(long.id, long.attempt, 41)])
+    backend.finish(worker, [finish(short, State.DONE, Outcome.SUCCESS, duration=2.0, pid=42),
+                            finish(long, State.DONE, Outcome.SUCCESS, duration=2.0)])
+    [log] = backend.list_attempts(short.id)
+    assert log.pid == 42 and log.started_at is not None and log.ended_at is not None
+    assert abs((log.ended_at - log.started_at).total_seconds() - 2.0) < 0.01
+    done = backend.get_job(short.uuid)
+    assert done is not None and done.started_at is not None
+    assert abs((done.started_at - log.started_at).total_seconds()) < 0.01
+    [written_before] = backend.list_attempts(long.id)
+    assert written_before.pid == 41  # its own start stands
+    assert written_before.started_at is not None and written_before.ended_at is not None
+    assert (written_before.ended_at - written_before.started_at).total_seconds() < 1.0
+
+
+def test_unclaim_gives_back_jobs_never_started(backend: Backend) -> None:
+    worker = register(backend)
+    backend.enqueue([new_job(), new_job()])
+    ahead, begun = backend.claim(worker, 2)
+    backend.mark_started(worker, [(begun.id, begun.attempt, 7)])
+    backend.unclaim(worker, [(ahead.id, ahead.attempt), (begun.id, begun.attempt)])
+    back = backend.get_job(ahead.uuid)
+    assert back is not None and (back.state, back.attempt, back.retries, back.worker_id) == (
+        State.PENDING, 0, 0, None)
+    assert backend.list_attempts(ahead.id) == []
+    kept = backend.get_job(begun.uuid)
+    assert kept is not None and (kept.state, kept.attempt) == (State.STARTED, 1)
+    [again] = backend.claim(worker, 1)
+    assert (again.id, again.attempt) == (ahead.id, 1)
 
 
 def test_user_operations_respect_states(backend: Backend) -> None:

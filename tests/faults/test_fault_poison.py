@@ -52,3 +52,30 @@ def test_poison_pills_fail_after_their_retries_and_good_jobs_run_once(
     print(f"\nFAULTS scenario 9: {len(pills)} poison pills ({', '.join(NAMED)}) failed after "
           f"exactly {max_retries + 1} starts each, signal named; {good_count} good jobs done "
           f"once; {took:.1f} s")
+
+
+def test_jobs_held_ahead_are_charged_right_among_crashes_and_slow_jobs(
+        tasks: ModuleType, fleet: Fleet, sql: Sql, tmp_path: Path) -> None:
+    """Short jobs make each job process hold its next jobs; slow ones (past the 50 ms
+    after which held jobs are asked back) and crashing ones land among them. Every start
+    must belong to the try the database records, on both sides of every handover."""
+    count = scaled(2000)
+    calls = [((i, 0.08 if i % 25 == 0 else 0.0), {}) for i in range(count)]
+    good = tasks.work.delay_many(calls[:count // 2])
+    pills = [tasks.poison.delay(how) for how in NAMED for _ in range(2)]
+    good += tasks.work.delay_many(calls[count // 2:])
+    pair = [fleet.start(2), fleet.start(2)]
+    wait_all_finished(sql, count + len(pills), timeout=180)
+
+    tries, inside = sql.tries(), starts_in_jobs(tmp_path)
+    for job in pills:
+        assert [row[1] for row in tries[str(job.uuid)]] == ["crash"] * 3, job.args
+        assert inside[str(job.uuid)] == 3, job.args
+    wrong = [(job.args, tries[str(job.uuid)], inside[str(job.uuid)]) for job in good
+             if [row[1] for row in tries[str(job.uuid)]] != ["success"]
+             or inside[str(job.uuid)] != 1]
+    assert not wrong, wrong[:5]
+    for worker in pair:
+        assert worker.process.poll() is None, worker.log()
+    print(f"\nFAULTS pipeline: {count} jobs (1 in 25 slow) and {len(pills)} crashing jobs "
+          "among jobs held ahead: every start is its recorded try")

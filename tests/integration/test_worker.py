@@ -7,12 +7,14 @@ import signal
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+import errand
 from errand.jobs import NewJob
 from helpers import import_tasks, run_errand, wait_for, worker
 
@@ -52,6 +54,13 @@ def transient():
 @app.task
 def broken():
     raise KeyError("missing")
+
+
+@app.task
+def nap(seconds):
+    began = time.time()
+    time.sleep(seconds)
+    return [os.getpid(), began, time.time()]
 
 
 @app.task
@@ -160,6 +169,24 @@ def test_burst_runs_every_kind_of_end(tasks: ModuleType) -> None:
     assert log.worker and log.pid and log.pid != os.getpid()
     assert log.memory_mb and log.memory_mb > 1 and log.duration is not None
     assert log.started_at and log.ended_at and log.started_at <= log.ended_at
+
+
+def test_no_job_waits_behind_a_long_one(tasks: ModuleType) -> None:
+    """Under a stream of short jobs each process holds its next jobs; those held behind a
+    job that turns out long are asked back and run by the other process meanwhile."""
+    def naps(count: int) -> list[errand.Job]:
+        return tasks.nap.delay_many([((0,), {})] * count)
+
+    before, long_one, after = naps(1500), tasks.nap.delay(3), naps(300)
+    burst(tasks, "--concurrency", "2")
+    long_pid, long_began, long_ended = long_one.refresh().result
+    assert long_ended - long_began >= 3
+    ends = [job.refresh().result for job in after]
+    assert Counter((job.refresh().state, job.attempt) for job in [*before, *after]) == {
+        ("done", 1): len(before) + len(after)}
+    late = [end for end in ends if end[2] > long_began + 1.0]
+    assert not late, f"{len(late)} jobs ended more than 1 s after the long one began"
+    assert not any(pid == long_pid and began > long_began for pid, began, _ in ends)
 
 
 def test_timeouts_and_crashes_are_contained(tasks: ModuleType) -> None:

@@ -83,7 +83,13 @@ class PeakMemory:
 
 
 class ChildRunner:
-    """Runs tries inside the job process, talking to the supervisor over one socket."""
+    """Runs tries inside the job process, talking to the supervisor over one socket.
+
+    The supervisor may send next jobs while one runs. SIGUSR1 asks for those not begun
+    back (the running job turned out long): the handler answers at once, even in the
+    middle of the job, unless it interrupted our own socket I/O, which then answers. The
+    answer always comes, even empty: until it does the supervisor's books may be stale.
+    """
 
     def __init__(self, app: App, sock: socket.socket) -> None:
         self.app = app
@@ -92,45 +98,73 @@ class ChildRunner:
         self.inbox: deque[RunMessage] = deque()
         self.stops: set[tuple[int, int]] = set()  # tries asked to stop
         self.memory = PeakMemory()
+        self._in_io = False
+        self._give_back_asked = False
 
     def serve(self) -> NoReturn:
         while True:
-            self._receive(wait=not self.inbox)  # also takes an "unqueue" for the next job
-            if not self.inbox:
+            self._receive(wait=not self.inbox)
+            try:
+                message = self.inbox.popleft()
+            except IndexError:  # nothing yet, or all just given back
                 continue
-            message = self.inbox.popleft()
             end = self.run(message)
             self.stops.discard((message.job_id, message.attempt))
-            try:
-                wire.send(self.sock, ("end", message.job_id, message.attempt,
-                                      wire.pack_end(end)))
-            except OSError:
-                os._exit(0)
+            self._send(("end", message.job_id, message.attempt, wire.pack_end(end)))
 
     def _receive(self, wait: bool) -> None:
+        # Guarded up to the inbox: a give-back must see every job read, or the supervisor
+        # and this process would disagree on what runs next.
+        self._in_io = True
         try:
-            messages = self.reader.read(wait)
+            try:
+                messages = self.reader.read(wait)
+            except OSError:
+                messages = None
+            self._take(messages)
+        finally:
+            self._in_io = False
+        if self._give_back_asked:
+            self._give_back()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        self._in_io = True
+        try:
+            wire.send(self.sock, message)
         except OSError:
-            messages = None
+            os._exit(0)
+        finally:
+            self._in_io = False
+        if self._give_back_asked:
+            self._give_back()
+
+    def _take(self, messages: list[tuple[Any, ...]] | None) -> None:
         if messages is None:  # the supervisor is gone
             os._exit(0)
         for message in messages:
             if message[0] == "stop":
                 self.stops.add((message[1], message[2]))
-            elif message[0] == "unqueue":  # not begun yet? then it goes back
-                self._give_back(message[1], message[2])
             else:
                 self.inbox.append(RunMessage(*message[1:]))
 
-    def _give_back(self, job_id: int, attempt: int) -> None:
-        for queued in self.inbox:
-            if (queued.job_id, queued.attempt) == (job_id, attempt):
-                self.inbox.remove(queued)
-                try:
-                    wire.send(self.sock, ("returned", job_id, attempt))
-                except OSError:
-                    os._exit(0)
-                return
+    def on_give_back(self, signum: int, frame: object) -> None:
+        self._give_back_asked = True
+        if not self._in_io:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Return every job sent but not begun, those still in the socket included."""
+        self._give_back_asked = False
+        self._in_io = True
+        try:
+            self._take(self.reader.read())
+            keys = [(queued.job_id, queued.attempt) for queued in self.inbox]
+            self.inbox.clear()
+            wire.send(self.sock, ("returned", keys))
+        except OSError:
+            os._exit(0)
+        finally:
+            self._in_io = False
 
     def run(self, message: RunMessage) -> TryEnd:
         self.memory.reset()
@@ -159,7 +193,7 @@ class ChildRunner:
                           error_message=f"cannot decode the stored arguments: {exc}")
 
         def report(percent: int, status: str | None) -> None:
-            wire.send(self.sock, ("progress", message.job_id, message.attempt, percent, status))
+            self._send(("progress", message.job_id, message.attempt, percent, status))
 
         def stop_requested() -> bool:
             key = (message.job_id, message.attempt)
@@ -222,6 +256,10 @@ def child_main(app: App, sock: socket.socket, parent_pid: int,
         for other in inherited:
             other.close()
         die_with_parent(parent_pid)
-        ChildRunner(app, sock).serve()
+        runner = ChildRunner(app, sock)
+        signal.signal(signal.SIGUSR1, runner.on_give_back)
+        signal.siginterrupt(signal.SIGUSR1, False)  # the job's system calls carry on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked since fork
+        runner.serve()
     finally:
         os._exit(70)

@@ -40,7 +40,7 @@ class Child:
     # Sent while `running` runs, so the process goes on without waiting for us; the head
     # starts when the process reports the end of `running` (it always reports first).
     queued: deque[ClaimedJob] = field(default_factory=deque)
-    retracting: bool = False  # all queued asked back: "returned" or their start will tell
+    retracting: bool = False  # asked back (SIGUSR1) and the answer has not come yet
     killed: bool = False  # we sent SIGKILL (for the try running then)
     messages: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
@@ -81,10 +81,13 @@ class Pool:
     def idle(self) -> list[Child]:
         return [c for c in self.children.values() if c.running is None and not c.closed]
 
-    def pipelined(self, depth: int) -> list[Child]:
-        """Busy children with room for more next jobs."""
+    def pipelined(self, depth: int, younger_than: float) -> list[Child]:
+        """Children busy with a job begun less than `younger_than` s ago, with room for more
+        next jobs."""
+        since = time.monotonic() - younger_than
         return [c for c in self.children.values() if c.running is not None
-                and len(c.queued) < depth and not c.retracting and not c.closed]
+                and c.running.started > since and len(c.queued) < depth
+                and not c.retracting and not c.closed]
 
     def busy(self) -> list[Child]:
         return [c for c in self.children.values() if c.running is not None]
@@ -119,15 +122,12 @@ class Pool:
         return job
 
     def retract(self, child: Child) -> None:
-        """Ask for the queued jobs back; the child answers "returned" for each it had not
-        begun."""
+        """Ask for the queued jobs back (SIGUSR1); the child answers "returned" with those
+        it had not begun."""
         if child.queued and not child.retracting:
             child.retracting = True
-            try:
-                child.sock.sendall(b"".join(wire.encode(("unqueue", job.id, job.attempt))
-                                            for job in child.queued))
-            except OSError:
-                pass  # gone: reaping puts the queued jobs back
+            with contextlib.suppress(ProcessLookupError):  # gone: reaping puts them back
+                os.kill(child.pid, signal.SIGUSR1)
 
     def unqueue(self, child: Child, key: tuple[int, int]) -> ClaimedJob | None:
         """Take a job the child gave back out of its queue (or, begun too early in our
@@ -141,8 +141,6 @@ class Pool:
                                          child.running.job.attempt) != key:
                 return None
             job, child.running = child.running.job, None
-        if not child.queued:
-            child.retracting = False
         return job
 
     def ask_to_stop(self, child: Child) -> None:

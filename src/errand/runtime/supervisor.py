@@ -58,7 +58,7 @@ PIPELINE_DEPTH = 8
 
 
 # The process was killed for the try it ran, which had just ended and let the next begin.
-KILLED_FOR_ANOTHER = TryEnd(Verdict.REQUEUE, Outcome.INTERRUPTED, error_type="WorkerShutdown",
+KILLED_FOR_ANOTHER = TryEnd(Verdict.REQUEUE, Outcome.INTERRUPTED, error_type="ProcessStopped",
                             error_message="the job process was stopped for the try before "
                                           "this one (its timeout, cancel or a shutdown)")
 
@@ -161,6 +161,9 @@ class Worker:
             self.pool.retract(child)
 
     def _install_signals(self) -> None:
+        # A job process inherits this mask, so a retract (SIGUSR1) sent before it has set
+        # its handler waits instead of killing it; it unblocks the signal once ready.
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         self.selector.register(self.rounds.fileno(), selectors.EVENT_READ, "round")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -215,6 +218,7 @@ class Worker:
                 self._collect_round()
         self._final_flush()
         signal.set_wakeup_fd(self._old_wakeup)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         if self.waker is not None:
@@ -239,14 +243,14 @@ class Worker:
                 self.rounds.drain()
             else:
                 self.pool.read(key.data)
+        for child in list(self.pool.children.values()):
+            self._handle_messages(child)  # first: feeding needs the books up to date
         if self.round is not None and self.round.future is not None \
                 and self.round.future.done():
             try:
                 self._collect_round()
             except DatabaseError as exc:
                 self._database_failed(exc)
-        for child in list(self.pool.children.values()):
-            self._handle_messages(child)
         self._reap()
         self._feed()
         self._enforce_deadlines()
@@ -309,7 +313,7 @@ class Worker:
             self.pool.start(child, job)
             self._started(job, child.pid)
         depth = min(self._prefetch() // self.concurrency, PIPELINE_DEPTH)
-        for child in self.pool.pipelined(depth):
+        for child in self.pool.pipelined(depth, RETRACT_AFTER):
             while self.ready and len(child.queued) < depth:
                 self.pool.start(child, self.ready.popleft())
 
@@ -334,8 +338,10 @@ class Worker:
         messages, child.messages = child.messages, []
         for message in messages:
             kind = message[0]
-            if kind == "returned":
-                self._returned(child, (message[1], message[2]))
+            if kind == "returned":  # the answer to a retract: the books are right again
+                for job_id, attempt in message[1]:
+                    self._returned(child, (job_id, attempt))
+                child.retracting = False
                 continue
             running = child.running
             if running is None or running.job.id != message[1] \

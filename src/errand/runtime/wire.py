@@ -57,6 +57,11 @@ class Reader:
                 chunk = self.sock.recv(_CHUNK, flags)
             except BlockingIOError:
                 break
+            except ConnectionResetError:
+                # The other end closed with bytes we sent still unread (a job process
+                # that died with jobs queued): what it wrote before still counts.
+                closed = True
+                break
             if not chunk:
                 closed = True
                 break
