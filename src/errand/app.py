@@ -171,7 +171,8 @@ class App:
                options: Mapping[str, Any]) -> list[Job[Any]]:
         """Store one job per call (or run them inline under ERRAND_NO_DELAY)."""
         resolved = opts.resolve(task.defaults, options)
-        entries = [(task, self._new_job(task, args, kwargs, resolved))
+        shared: dict[str, Any] = {}
+        entries = [(task, self._new_job(task, args, kwargs, resolved, shared))
                    for args, kwargs in calls]
         return self._store(entries, resolved.connection)
 
@@ -181,7 +182,7 @@ class App:
         for node in nodes:
             resolved = opts.resolve(node.task.defaults, node.options)
             entries.append((node.task, self._new_job(node.task, node.args, node.kwargs,
-                                                     resolved, node.uuid, node.depends_on)))
+                                                     resolved, {}, node.uuid, node.depends_on)))
         return self._store(entries, None)
 
     def _store(self, entries: list[tuple[Task[Any, Any], NewJob]],
@@ -194,23 +195,28 @@ class App:
         return [Job(self, row) for row in rows]
 
     def _new_job(self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any],
-                 resolved: opts.Resolved, uuid: UUID | None = None,
+                 resolved: opts.Resolved, shared: dict[str, Any], uuid: UUID | None = None,
                  depends_on: tuple[UUID, ...] = ()) -> NewJob:
+        """A job of `task`. `shared` holds the fields that come from `resolved` alone, filled
+        by the first job (after its arguments are checked, so errors keep their order) and
+        reused by the other jobs of a batch: the context is encoded once, not per job."""
         task.check_arguments(args, kwargs)
         args_json, kwargs_json = serialization.encode_call(list(args), dict(kwargs))
         self._check_size(task.name, len(args_json) + len(kwargs_json), args_json + kwargs_json)
-        context = dict(resolved.context)
-        if self.context_keys is not None:
-            context = {k: v for k, v in context.items() if k in self.context_keys}
-        return NewJob(
-            uuid=uuid or uuid_module.uuid4(), task=task.name, args=args_json,
-            kwargs=kwargs_json, context=serialization.dumps(context, "context"),
-            description=resolved.description or task.default_description,
-            channel=resolved.channel, priority=resolved.priority,
-            max_retries=resolved.max_retries,
-            retry_pattern=encode_pattern(resolved.retry_pattern),
-            timeout=resolved.timeout, eta_at=resolved.eta_at, eta_in=resolved.eta_in,
-            identity_key=resolved.identity_key, depends_on=depends_on)
+        if not shared:
+            context = dict(resolved.context)
+            if self.context_keys is not None:
+                context = {k: v for k, v in context.items() if k in self.context_keys}
+            shared.update(
+                task=task.name, context=serialization.dumps(context, "context"),
+                description=resolved.description or task.default_description,
+                channel=resolved.channel, priority=resolved.priority,
+                max_retries=resolved.max_retries,
+                retry_pattern=encode_pattern(resolved.retry_pattern),
+                timeout=resolved.timeout, eta_at=resolved.eta_at, eta_in=resolved.eta_in,
+                identity_key=resolved.identity_key)
+        return NewJob(uuid=uuid or uuid_module.uuid4(), args=args_json, kwargs=kwargs_json,
+                      depends_on=depends_on, **shared)
 
     def _check_size(self, task: str, length: int, text: str) -> None:
         limit = self.settings.max_payload

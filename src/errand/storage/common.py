@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from errand.channels import ChannelConfig, ChannelPlan
-from errand.errors import ConfigurationError
+from errand.errors import ConfigurationError, JobNotFound
 from errand.jobs import (
     CANCEL_FROM,
     REQUEUE_FROM,
@@ -123,21 +123,32 @@ class SqlBackend(ABC):
             inserted, _ = self._write("enqueue_jobs", params)  # one statement: no BEGIN/COMMIT
         else:
             inserted = self._transaction(work)
-        found = self._job_rows(inserted)
-        return self._match_identities(jobs, found)
+        return self._match_identities(jobs, self._inserted(jobs, inserted))
+
+    def _inserted(self, jobs: Sequence[NewJob], inserted: Rows) -> list[JobRow]:
+        """The rows of the jobs enqueue_jobs inserted, from what it returned (whole rows)."""
+        return self._job_rows(inserted)
 
     def _match_identities(self, jobs: Sequence[NewJob], found: list[JobRow]) -> list[JobRow]:
         """One row per job asked for: a job skipped for its identity key gets the job it
-        matched (stored earlier, or earlier in this same batch)."""
+        matched (stored earlier, or earlier in this same batch); a job skipped because its
+        uuid was stored already (a retried insert whose first run went through) is read."""
         by_uuid = {row.uuid: row for row in found}
         by_key: dict[str | None, JobRow] = {
             row.identity_key: row for row in found if row.identity_key is not None}
-        missing = sorted({job.identity_key for job in jobs if job.uuid not in by_uuid
-                          and job.identity_key is not None and job.identity_key not in by_key})
+        skipped = [job for job in jobs if job.uuid not in by_uuid]
+        missing = sorted({job.identity_key for job in skipped
+                          if job.identity_key is not None and job.identity_key not in by_key})
         if missing:
             for row in self._job_rows(self._read("find_by_identity",
                                                  {"keys": self._list_param(missing)})):
                 by_key[row.identity_key] = row
+        for job in skipped:
+            if job.identity_key is None:
+                read = self.get_job(job.uuid)
+                if read is None:  # stored, then purged before this read: nothing to return
+                    raise JobNotFound(f"job {job.uuid} was stored, then deleted at once")
+                by_uuid[job.uuid] = read
         return [by_uuid.get(job.uuid) or by_key[job.identity_key] for job in jobs]
 
     def _job_rows(self, found: list[tuple[Any, ...]]) -> list[JobRow]:

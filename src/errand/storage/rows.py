@@ -91,6 +91,51 @@ def new_jobs_document(jobs: Sequence[NewJob], eta_at: Callable[[datetime], Any],
     return "[" + ",".join(parts) + "]"
 
 
+def new_job_row(job: NewJob, job_id: int, eta: datetime, created_at: datetime) -> JobRow:
+    """The row a job was just stored as: what was sent, plus what the database chose (id,
+    eta, created_at), instead of reading all 26 columns back. JSON fields keep the text
+    sent (PostgreSQL would return it reformatted, with the same values). Positional
+    arguments, in JobRow's field order: a quarter cheaper than keywords, once per job."""
+    return JobRow(job_id, job.uuid, job.task, job.description,
+                  State.WAIT_DEPENDENCIES if job.depends_on else State.PENDING, job.channel,
+                  job.priority, eta, job.args, job.kwargs, job.context, job.max_retries, 0,
+                  job.retry_pattern, job.timeout, 0, None, None, None, 0, None, None,
+                  created_at, None, None, job.identity_key)
+
+
+def _copy_text(value: str) -> str:
+    """A text field of COPY's text format: backslash, tab, newline and CR escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                .replace("\r", "\\r"))
+    return value
+
+
+def copy_lines(jobs: Sequence[NewJob], ids: Sequence[int], etas: Sequence[datetime],
+               created_at: datetime) -> str:
+    """Jobs (no identity key, no dependencies) as COPY text, in the column order of
+    `copy_jobs`; `ids` and `etas` are the jobs' own, in order."""
+    texts: dict[str, str] = {}  # task, description, channel... repeat across a batch
+
+    def text(value: str) -> str:
+        escaped = texts.get(value)
+        if escaped is None:
+            escaped = texts[value] = _copy_text(value)
+        return escaped
+
+    created = created_at.isoformat()
+    lines = []
+    for job, job_id, eta in zip(jobs, ids, etas, strict=True):
+        pattern = r"\N" if job.retry_pattern is None else text(job.retry_pattern)
+        timeout = r"\N" if job.timeout is None else repr(job.timeout)
+        lines.append(
+            f"{job_id}\t{job.uuid}\t{text(job.task)}\t{text(job.description)}\tpending\t"
+            f"{text(job.channel)}\t{job.priority}\t{eta.isoformat()}\t{_copy_text(job.args)}\t"
+            f"{_copy_text(job.kwargs)}\t{text(job.context)}\t{job.max_retries}\t{pattern}\t"
+            f"{timeout}\t{created}\n")
+    return "".join(lines)
+
+
 def dependencies_document(jobs: Sequence[NewJob]) -> str | None:
     """Edges of a graph of new jobs (`job` waits for `parent`), or None if there are none."""
     edges = [{"job": str(job.uuid), "parent": str(parent)}
