@@ -378,7 +378,9 @@ SET state = 'started', started_at = (julianday('now') - 2440587.5) * 86400.0
 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt
       FROM json_each(:started)) AS s
 WHERE errand_jobs.id = s.id AND errand_jobs.attempt = s.attempt
-  AND errand_jobs.worker_id = :worker AND errand_jobs.state = 'enqueued';
+  -- `+`: look each job up by id; the worker and state indexes would pair every job of the
+  -- worker with every entry (quadratic in the batch when jobs are claimed ahead).
+  AND +errand_jobs.worker_id = :worker AND +errand_jobs.state = 'enqueued';
 UPDATE errand_attempts
 SET started_at = (julianday('now') - 2440587.5) * 86400.0, pid = s.pid
 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
@@ -414,7 +416,8 @@ FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt')
              json_extract(value, '$.error_message') AS error_message
       FROM json_each(:finishes)) AS f
 WHERE errand_jobs.id = f.id AND errand_jobs.attempt = f.attempt
-  AND errand_jobs.worker_id = :worker AND errand_jobs.state IN ('enqueued', 'started')
+  -- `+`: look each job up by id (see mark_started).
+  AND +errand_jobs.worker_id = :worker AND +errand_jobs.state IN ('enqueued', 'started')
 RETURNING id, state = 'done' AND EXISTS (SELECT 1 FROM errand_dependencies d
                                          WHERE d.depends_on = errand_jobs.id);
 -- changes() still counts the job rows the statement above updated.
@@ -450,7 +453,7 @@ FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt')
              json_extract(value, '$.message') AS message
       FROM json_each(:updates)) AS p
 WHERE errand_jobs.id = p.id AND errand_jobs.attempt = p.attempt
-  AND errand_jobs.state IN ('enqueued', 'started');
+  AND +errand_jobs.state IN ('enqueued', 'started');
 
 -- name: next_eta
 SELECT max(min(eta) - (julianday('now') - 2440587.5) * 86400.0, 0.0)
