@@ -60,7 +60,7 @@ def describe_exit(status: int) -> str:
 
 class Pool:
     """Job processes forked from the supervisor; each runs one try at a time and may hold
-    the next one."""
+    the next ones."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -104,7 +104,7 @@ class Pool:
                 args=job.args, kwargs=job.kwargs, context=job.context,
                 parent_results=job.parent_results).encode())
         except OSError:
-            pass  # the child died just now; reaping settles the try as a crash
+            pass  # the child died just now; reaping settles the job
 
     @staticmethod
     def _running(child: Child, job: ClaimedJob) -> None:
