@@ -89,10 +89,6 @@ class Pool:
                 and c.running.started > since and len(c.queued) < depth
                 and not c.retracting and not c.closed]
 
-    def settled(self) -> bool:
-        """No child runs or holds a job of ours (held jobs end or come back: both tell)."""
-        return not any(c.running is not None or c.queued for c in self.children.values())
-
     def busy(self) -> list[Child]:
         return [c for c in self.children.values() if c.running is not None]
 

@@ -159,7 +159,7 @@ class Worker:
         if self.hard_stop:
             return True
         if self.stopping:
-            return self.pool.settled() and not self._writes_pending() and self.round is None
+            return not self.pool.busy() and not self._writes_pending() and self.round is None
         if (self.duration is not None and time.monotonic() - self.began >= self.duration):
             self.request_stop()
             return False
@@ -297,12 +297,6 @@ class Worker:
                     self._returned(child, (job_id, attempt))
                 child.retracting = False
                 continue
-            if child.running is None and child.queued and \
-                    (child.queued[0].id, child.queued[0].attempt) == (message[1], message[2]):
-                # Our books took the head for given back while the process had begun it.
-                following = self.pool.promote(child)
-                assert following is not None
-                self._started(following, child.pid)
             running = child.running
             if running is None or running.job.id != message[1] \
                     or running.job.attempt != message[2]:
