@@ -289,6 +289,15 @@ def test_cancelling_a_parent_waiting_for_its_eta_cancels_its_dependents(
     assert set(events(tasks)) == {"marker"}
 
 
+def test_a_burst_worker_runs_every_link_of_many_short_chains(tasks: ModuleType) -> None:
+    """Links become ready only as the ends before them are written, often while a claim
+    that found nothing is on its way: the worker must claim again, not exit or sleep."""
+    chains = [chain(*(tasks.value.delayable("none") for _ in range(3))).delay()
+              for _ in range(100)]
+    burst(tasks, "--concurrency", "4")
+    assert {job.refresh().state for links in chains for job in links} == {"done"}
+
+
 # -- results -------------------------------------------------------------------------------
 
 def test_a_job_reads_its_parents_results(tasks: ModuleType) -> None:

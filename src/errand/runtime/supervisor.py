@@ -675,9 +675,10 @@ class Worker:
         self.ready.extend(jobs)
         self._feed()
         if len(jobs) < round_.claim:
-            self.want_claim = False
+            # Ends that came in meanwhile may make retries or dependent jobs ready once
+            # written: the next round claims again (on SQLite no one else would tell us).
+            self.want_claim = bool(self.finishes)
             eta = self.backend.next_eta() if self.backend is not None else None
-            # Ends that came in meanwhile may have made retries ready: not "nothing" yet.
             self.nothing_ready = not (jobs or self.ready or self.finishes) and (
                 eta is None or eta > 0)
             if eta is not None:  # due now but held back (capacity, lock): look again soon
