@@ -106,6 +106,7 @@ class Worker:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.hard_stop = False
+        self.stop_signals: deque[int] = deque()  # received, not yet acted on
         self.want_claim = True
         self.nothing_ready = False
         self.wake_at: float | None = None
@@ -178,11 +179,18 @@ class Worker:
                 (signal.SIGCHLD, self._on_child_signal))}
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping:
-            log.warning("second %s: stopping now", signal.Signals(signum).name)
-            self.hard_stop = True
-        else:
-            self.request_stop()
+        """Only noted: the loop acts on it (the wake-up fd wakes it), so a stop never
+        lands in the middle of the loop's own bookkeeping or socket writes."""
+        self.stop_signals.append(signum)
+
+    def _take_stop_signals(self) -> None:
+        while self.stop_signals:
+            signum = self.stop_signals.popleft()
+            if self.stopping:
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                self.hard_stop = True
+            else:
+                self.request_stop()
 
     def _on_child_signal(self, signum: int, frame: FrameType | None) -> None:
         """Nothing to do here: the wake-up fd makes the loop reap."""
@@ -245,6 +253,7 @@ class Worker:
                 self.rounds.drain()
             else:
                 self.pool.read(key.data)
+        self._take_stop_signals()
         for child in list(self.pool.children.values()):
             self._handle_messages(child)  # first: feeding needs the books up to date
         if self.round is not None and self.round.future is not None \
