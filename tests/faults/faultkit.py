@@ -59,6 +59,28 @@ if os.environ.get("ERRAND_FAULTS_SLOW_FORK"):
     os.register_at_fork(after_in_child=lambda: time.sleep(
         float(os.environ["ERRAND_FAULTS_SLOW_FORK"])))
 
+if os.environ.get("ERRAND_FAULTS_GIVE_BACK_STORM"):
+    # Every job process of this worker is asked to give its held jobs back (SIGUSR1) at
+    # random moments, unasked by the supervisor and far more often than it ever asks: each
+    # answer, whenever it lands, must keep the supervisor's books right.
+    import random
+    import threading
+
+    def give_back_storm(interval):
+        children = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+        while True:
+            time.sleep(random.uniform(0, interval))
+            with open(children) as handle:
+                pids = [int(pid) for pid in handle.read().split()]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+
+    threading.Thread(target=give_back_storm, daemon=True,
+                     args=(float(os.environ["ERRAND_FAULTS_GIVE_BACK_STORM"]),)).start()
+
 
 def record(tag=""):
     """Append `uuid attempt supervisor-pid pid` to starts.log: one line per real start."""

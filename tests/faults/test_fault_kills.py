@@ -131,12 +131,17 @@ def test_sigterm_lets_short_jobs_finish_and_leaves_queued_jobs_alone(
           f"{took:.2f} s after SIGTERM; 10 queued jobs untouched (attempt 0)")
 
 
+# Job processes asked for their held jobs back every millisecond or so, at random moments.
+STORM = {"ERRAND_FAULTS_GIVE_BACK_STORM": "0.002"}
+
+
+@pytest.mark.parametrize("env", [{}, STORM], ids=["", "give-back-storm"])
 def test_sigterm_gives_back_jobs_claimed_ahead_untouched(
-        tasks: ModuleType, fleet: Fleet, sql: Sql, tmp_path: Path) -> None:
+        tasks: ModuleType, fleet: Fleet, sql: Sql, tmp_path: Path, env: dict[str, str]) -> None:
     """Scenario 4 under load: a worker draining short jobs holds some claimed ahead; on
     SIGTERM they go back to pending as if never claimed, and nothing is left half-done."""
     jobs = tasks.work.delay_many([((i,), {}) for i in range(3000)])
-    worker = fleet.start(2, lease=LEASE)
+    worker = fleet.start(2, lease=LEASE, env=env)
     wait_for(lambda: sql.count("done") >= 300, timeout=30, interval=0.01)
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=30) == 0, worker.log()
@@ -156,6 +161,20 @@ def test_sigterm_gives_back_jobs_claimed_ahead_untouched(
     assert states["done"] >= 300 and states["pending"] > 0
     print(f"\nFAULTS scenario 4c: SIGTERM while draining: {states['done']} done once, "
           f"{states['pending']} pending untouched (claimed-ahead jobs given back)")
+
+
+def test_jobs_given_back_at_random_moments_each_run_once(
+        tasks: ModuleType, fleet: Fleet, sql: Sql, tmp_path: Path) -> None:
+    """Short jobs held by job processes that are asked for them back at random moments,
+    mid-job, mid-write, between two jobs: every job is done after exactly one try."""
+    jobs = tasks.work.delay_many([((i,), {}) for i in range(2000)])
+    fleet.start(2, lease=LEASE, env=STORM)
+    wait_all_finished(sql, len(jobs), timeout=60)
+    tries, inside = sql.tries(), starts_in_jobs(tmp_path)
+    for job in jobs:
+        assert [row[:2] for row in tries[str(job.uuid)]] == [(1, "success")], job
+        assert inside[str(job.uuid)] == 1, job
+    assert sql.states() == {"done": len(jobs)}
 
 
 def test_sigterm_puts_jobs_longer_than_the_grace_back_to_pending(
@@ -211,7 +230,9 @@ def test_a_job_process_forked_just_before_its_supervisor_dies_runs_nothing(
     and sent it, and is killed before the (descheduled) job process ran its first line."""
     job = tasks.gate.delay("never")  # ready before the worker starts: claimed at once
     worker = fleet.start(1, lease=LEASE, env={"ERRAND_FAULTS_SLOW_FORK": "1.5"}, ready=False)
-    wait_for(lambda: job.refresh().state == "started")  # so the try is in the child's pipe
+    wait_for(lambda: job.refresh().state == "enqueued")  # claimed: sent on at once
+    time.sleep(0.2)  # the try is in the child's pipe (no start: the child never said so)
+    assert job.refresh().state == "enqueued"
     job_processes = children_of(worker.pid)
     assert len(job_processes) == 1 and not start_lines(tmp_path)
     os.kill(worker.pid, signal.SIGKILL)

@@ -85,10 +85,12 @@ class PeakMemory:
 class ChildRunner:
     """Runs tries inside the job process, talking to the supervisor over one socket.
 
-    The supervisor may send next jobs while one runs. SIGUSR1 asks for those not begun
-    back (the running job turned out long): the handler answers at once, even in the
-    middle of the job, unless it interrupted our own socket I/O, which then answers. The
-    answer always comes, even empty: until it does the supervisor's books may be stale.
+    The supervisor may send next jobs while one runs. This process says when each job
+    begins (in the end of the one before, or on its own after a wait) and when it ends,
+    in that order. SIGUSR1 asks for the jobs not begun back (the running job turned out
+    long): the handler answers at once, even in the middle of the job, unless it
+    interrupted our own socket I/O, which then answers. Every message is true when sent,
+    so the supervisor's books, read in order, are never wrong.
     """
 
     def __init__(self, app: App, sock: socket.socket) -> None:
@@ -102,15 +104,24 @@ class ChildRunner:
         self._give_back_asked = False
 
     def serve(self) -> NoReturn:
+        message: RunMessage | None = None
         while True:
-            self._receive(wait=not self.inbox)
-            try:
-                message = self.inbox.popleft()
-            except IndexError:  # nothing yet, or all just given back
-                continue
+            if message is None:
+                self._receive(wait=not self.inbox)
+                try:
+                    message = self.inbox.popleft()
+                except IndexError:  # nothing yet, or all just given back
+                    continue
+                self._send(("begin", message.job_id, message.attempt))
             end = self.run(message)
             self.stops.discard((message.job_id, message.attempt))
-            self._send(("end", message.job_id, message.attempt, wire.pack_end(end)))
+            # The next job begins now, and the end says which: the supervisor never takes
+            # a job for begun before this process has said so.
+            self._receive(wait=False)
+            following = self.inbox.popleft() if self.inbox else None
+            self._send(("end", message.job_id, message.attempt, wire.pack_end(end),
+                        *((following.job_id, following.attempt) if following else (None, None))))
+            message = following
 
     def _receive(self, wait: bool) -> None:
         # Guarded up to the inbox: a give-back must see every job read, or the supervisor

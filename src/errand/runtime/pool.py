@@ -36,9 +36,9 @@ class Child:
     pid: int
     sock: socket.socket
     reader: wire.Reader
-    running: Running | None = None
-    # Sent while `running` runs, so the process goes on without waiting for us; the head
-    # starts when the process reports the end of `running` (it always reports first).
+    running: Running | None = None  # the try the process said it began
+    # Sent and not yet begun (as far as the process has told): it begins them in order,
+    # saying so, or gives them back when asked.
     queued: deque[ClaimedJob] = field(default_factory=deque)
     retracting: bool = False  # asked back (SIGUSR1) and the answer has not come yet
     killed: bool = False  # we sent SIGKILL (for the try running then)
@@ -79,7 +79,9 @@ class Pool:
         return child
 
     def idle(self) -> list[Child]:
-        return [c for c in self.children.values() if c.running is None and not c.closed]
+        """Children with nothing to run."""
+        return [c for c in self.children.values()
+                if c.running is None and not c.queued and not c.closed]
 
     def pipelined(self, depth: int, younger_than: float) -> list[Child]:
         """Children busy with a job begun less than `younger_than` s ago, with room for more
@@ -90,14 +92,16 @@ class Pool:
                 and not c.retracting and not c.closed]
 
     def busy(self) -> list[Child]:
+        """Children running a try."""
         return [c for c in self.children.values() if c.running is not None]
 
+    def holding(self) -> list[Child]:
+        """Children running a try or holding jobs they may begin."""
+        return [c for c in self.children.values() if c.running is not None or c.queued]
+
     def start(self, child: Child, job: ClaimedJob) -> None:
-        """Send `job` to `child`: it runs now if the child is idle, else next."""
-        if child.running is None:
-            self._running(child, job)
-        else:
-            child.queued.append(job)
+        """Send `job` to `child`: it begins it now if idle, else after what it holds."""
+        child.queued.append(job)
         try:
             wire.send(child.sock, RunMessage(
                 job_id=job.id, attempt=job.attempt, uuid=str(job.uuid), task=job.task,
@@ -106,19 +110,13 @@ class Pool:
         except OSError:
             pass  # the child died just now; reaping settles the job
 
-    @staticmethod
-    def _running(child: Child, job: ClaimedJob) -> None:
-        now = time.monotonic()
-        child.running = Running(job=job, started=now,
-                                deadline=None if job.timeout is None else now + job.timeout)
-
-    def promote(self, child: Child) -> ClaimedJob | None:
-        """The running try ended: the first queued one (if any) has started; return it."""
-        child.running = None
-        if not child.queued:
-            return None
-        job = child.queued.popleft()
-        self._running(child, job)
+    def begin(self, child: Child, key: tuple[int, int]) -> ClaimedJob | None:
+        """The child said it began the job `key` (the head of its queue); None if unknown."""
+        job = self.unqueue(child, key)
+        if job is not None:
+            now = time.monotonic()
+            child.running = Running(job=job, started=now,
+                                    deadline=None if job.timeout is None else now + job.timeout)
         return job
 
     def retract(self, child: Child) -> None:
@@ -129,19 +127,14 @@ class Pool:
             with contextlib.suppress(ProcessLookupError):  # gone: reaping puts them back
                 os.kill(child.pid, signal.SIGUSR1)
 
-    def unqueue(self, child: Child, key: tuple[int, int]) -> ClaimedJob | None:
-        """Take a job the child gave back out of its queue (or, begun too early in our
-        books, out of `running`); None if it is neither."""
-        for job in child.queued:
+    @staticmethod
+    def unqueue(child: Child, key: tuple[int, int]) -> ClaimedJob | None:
+        """Take the job `key` out of the child's queue; None if it is not there."""
+        for index, job in enumerate(child.queued):
             if (job.id, job.attempt) == key:
-                child.queued.remove(job)
-                break
-        else:
-            if child.running is None or (child.running.job.id,
-                                         child.running.job.attempt) != key:
-                return None
-            job, child.running = child.running.job, None
-        return job
+                del child.queued[index]
+                return job
+        return None
 
     def ask_to_stop(self, child: Child) -> None:
         """Make the job's `should_stop()` true; it may still run to its end."""

@@ -156,10 +156,9 @@ class Worker:
             return
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.settings.shutdown_grace
-        busy = self.pool.busy()
-        log.info("stopping: %d running job(s) get %.0f s to finish", len(busy),
+        log.info("stopping: %d running job(s) get %.0f s to finish", len(self.pool.busy()),
                  self.settings.shutdown_grace)
-        for child in busy:
+        for child in self.pool.holding():
             self.pool.ask_to_stop(child)
             self.pool.retract(child)
 
@@ -199,11 +198,11 @@ class Worker:
         if self.hard_stop:
             return True
         if self.stopping:
-            return not self.pool.busy() and not self._writes_pending() and self.round is None
+            return not self.pool.holding() and not self._writes_pending() and self.round is None
         if (self.duration is not None and time.monotonic() - self.began >= self.duration):
             self.request_stop()
             return False
-        if self.burst and self.nothing_ready and not self.pool.busy() and not self.ready \
+        if self.burst and self.nothing_ready and not self.pool.holding() and not self.ready \
                 and not self._writes_pending() and self.round is None:
             log.info("burst: no job is ready, exiting")
             self.stopping = True
@@ -212,14 +211,14 @@ class Worker:
 
     def _shutdown(self) -> None:
         self.stopping = True
-        for child in self.pool.busy():
+        for child in self.pool.holding():
             self.pool.kill(child, TryEnd(Verdict.REQUEUE, Outcome.INTERRUPTED,
                                          error_type="WorkerShutdown",
                                          error_message="the worker stopped before the job ended"))
         deadline = time.monotonic() + 2.0
-        while self.pool.busy() and time.monotonic() < deadline:
+        while self.pool.holding() and time.monotonic() < deadline:
             self._reap()
-            if self.pool.busy():
+            if self.pool.holding():
                 time.sleep(0.005)
         self.pool.close_all(deadline=time.monotonic() + 2.0)
         self.rounds.close()  # lets a round in flight end
@@ -320,9 +319,7 @@ class Worker:
         for child in self.pool.idle():
             if not self.ready:
                 return
-            job = self.ready.popleft()
-            self.pool.start(child, job)
-            self._started(job, child.pid)
+            self.pool.start(child, self.ready.popleft())
         depth = min(self._prefetch() // self.concurrency, PIPELINE_DEPTH)
         for child in self.pool.pipelined(depth, RETRACT_AFTER):
             while self.ready and len(child.queued) < depth:
@@ -349,10 +346,13 @@ class Worker:
         messages, child.messages = child.messages, []
         for message in messages:
             kind = message[0]
-            if kind == "returned":  # the answer to a retract: the books are right again
-                for job_id, attempt in message[1]:
+            if kind == "returned":  # the answer to a retract
+                for job_id, attempt in reversed(message[1]):
                     self._returned(child, (job_id, attempt))
                 child.retracting = False
+                continue
+            if kind == "begin":
+                self._begin(child, (message[1], message[2]))
                 continue
             running = child.running
             if running is None or running.job.id != message[1] \
@@ -364,13 +364,27 @@ class Worker:
                     message=message[4])
             elif kind == "end":
                 self._end(child, wire.unpack_end(message[3]))
+                if message[4] is not None:  # and the next one has begun
+                    self._begin(child, (message[4], message[5]))
+
+    def _begin(self, child: Child, key: tuple[int, int]) -> None:
+        job = self.pool.begin(child, key)
+        if job is None:
+            log.error("job process %d began job %d try %d, which it was not sent",
+                      child.pid, *key)
+            return
+        self._started(job, child.pid)
+        if key in self.cancelled_ahead:
+            self.cancelled_ahead.discard(key)
+            self._lose(child)
+        elif self.stopping:  # begun before the process saw the stop
+            self.pool.ask_to_stop(child)
 
     def _returned(self, child: Child, key: tuple[int, int]) -> None:
         """A job asked back had not begun: claimed again, waiting for any process."""
         job = self.pool.unqueue(child, key)
         if job is None:
             return
-        self.started.pop(key, None)  # if taken for begun too early
         if key in self.cancelled_ahead:
             self.cancelled_ahead.discard(key)
         else:
@@ -379,12 +393,7 @@ class Worker:
     def _end(self, child: Child, end: TryEnd) -> None:
         running = child.running
         assert running is not None
-        following = self.pool.promote(child)  # the process has begun its next job
-        if following is not None:
-            self._started(following, child.pid)
-            if (following.id, following.attempt) in self.cancelled_ahead:
-                self.cancelled_ahead.discard((following.id, following.attempt))
-                self._lose(child)
+        child.running = None
         job = running.job
         if end.verdict is Verdict.CANCEL and running.stop_asked_at is not None \
                 and not running.lost:
@@ -412,7 +421,7 @@ class Worker:
             self.selector.unregister(child.sock)
             child.sock.close()
             self._handle_messages(child)
-            for job in reversed(list(child.queued)):  # never begun: no end came before them
+            for job in reversed(list(child.queued)):  # the process never said it began them
                 self._returned(child, (job.id, job.attempt))
             if child.running is not None:
                 elapsed = time.monotonic() - child.running.started
@@ -562,7 +571,7 @@ class Worker:
         waker = self.waker
         assert waker is not None
         if self.waker_fd is None:
-            if now < self.next_poll or not (self.pool.idle() or self.pool.busy()):
+            if now < self.next_poll or not self.pool.children:
                 return
             self.next_poll = now + (self.settings.poll_interval or waker.poll_interval)
         elif not self.waker_news:
@@ -577,7 +586,7 @@ class Worker:
         if control:  # a cancel, or a channel changed: look at both soon
             self.next_channel_refresh = now
             self.want_claim = True
-        if control and self.pool.busy() and self.next_lost_check is None:
+        if control and self.pool.holding() and self.next_lost_check is None:
             self.next_lost_check = now + (LOST_CHECK_DELAY if self.waker_fd is None else 0.0)
 
     def _heartbeat(self, backend: Backend) -> None:
@@ -585,7 +594,7 @@ class Worker:
         running = [(c.running.job.id, c.running.job.attempt)
                    for c in self.pool.busy() if c.running is not None]
         running += [(job.id, job.attempt) for job in self.ready]
-        running += [(job.id, job.attempt) for c in self.pool.busy() for job in c.queued]
+        running += [(job.id, job.attempt) for c in self.pool.holding() for job in c.queued]
         running += [(finish.id, finish.attempt) for finish in self.finishes]  # not written yet
         lost = backend.heartbeat(self.id, running)
         if lost is not None:
@@ -616,14 +625,12 @@ class Worker:
                 log.warning("%d job(s) claimed ahead were cancelled or taken over before "
                             "they started", len(self.ready) - len(kept))
                 self.ready = deque(kept)
-        for child in self.pool.busy():
-            running_try = child.running
-            assert running_try is not None
+        for child in self.pool.holding():
             lost_ahead = {(job.id, job.attempt) for job in child.queued if job.id in lost_ids}
             if lost_ahead:
                 self.cancelled_ahead |= lost_ahead
                 self.pool.retract(child)
-            if running_try.job.id in lost_ids:
+            if child.running is not None and child.running.job.id in lost_ids:
                 self._lose(child)
 
     def _lose(self, child: Child) -> None:
@@ -656,7 +663,7 @@ class Worker:
             self.progress = {}
             self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
         self.round = round_
-        if self.pool.busy():
+        if self.pool.holding():
             self.rounds.submit(round_, lambda: round_.run(backend, self.id))
         else:  # nothing to feed meanwhile: spare the thread hop (start latency)
             self._take_round(round_, lambda: round_.run(backend, self.id))
