@@ -19,7 +19,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from errand import __version__
@@ -29,8 +28,10 @@ from errand.errors import DatabaseError
 from errand.jobs import ClaimedJob, Finish, Outcome
 from errand.retry import TryEnd, Verdict, settle
 from errand.runtime import wire
+from errand.runtime.ahead import RETRACT_AFTER, ClaimAhead
 from errand.runtime.pool import Child, Pool, crash_end, process_started_at
 from errand.runtime.rounds import Round, RoundThread, Started
+from errand.runtime.signals import SignalWakeup
 from errand.settings import Settings
 from errand.storage import Backend, open_backend
 from errand.storage.base import Progress, Waker, WorkerInfo
@@ -43,22 +44,6 @@ BLOCKED_RETRY = 0.1  # ready jobs held back by capacities: look again this soon
 STARTED_DELAY = 0.005  # a short job's start is written with its end, in one batch
 LOST_CHECK_DELAY = 0.2  # after news that a running job may have been cancelled
 MAX_DB_BACKOFF = 5.0
-# Claim ahead the jobs this worker will start within the horizon, at the rate jobs have
-# been ending, so a process that finishes gets its next job without waiting for the
-# database. Long jobs end slowly, so nothing is claimed ahead for them (nor under channel
-# capacities, which claimed jobs count against).
-PREFETCH_HORIZON = 0.05
-# At most this many per job process: a round claims 128 jobs for little more than 16
-# (measured end to end: PostgreSQL 5,600 jobs/s at 16, 8,800 at 128; SQLite 8,900, 9,900).
-PREFETCH_PER_PROCESS = 128
-RATE_WINDOW = 0.1
-# While jobs are that short, each busy process also holds its next jobs, so it never waits
-# for the supervisor between two jobs; a job held behind one running longer than this is
-# asked back, so it waits no longer than that.
-RETRACT_AFTER = 0.05
-# Measured end to end against 8: SQLite +13% at 32 (the supervisor, sharing the GIL with
-# the round thread, is sometimes late to feed), PostgreSQL unchanged; 64 gains no more.
-PIPELINE_DEPTH = 32
 
 
 # The process was killed for the try it ran, which had just ended and let the next begin.
@@ -98,17 +83,13 @@ class Worker:
         self.cancelled_ahead: set[tuple[int, int]] = set()  # queued in a process, then lost
         self.rounds = RoundThread()
         self.round: Round | None = None  # on the round thread
-        self.prefetch_allowed = False
-        self.end_rate = 0.0
-        self.ends_counted = 0
-        self.rate_since = time.monotonic()
+        self.ahead = ClaimAhead(self.concurrency)
 
         now = time.monotonic()
         self.began = now
         self.stopping = False
         self.stop_deadline: float | None = None
         self.hard_stop = False
-        self.stop_signals: deque[int] = deque()  # received, not yet acted on
         self.want_claim = True
         self.nothing_ready = False
         self.wake_at: float | None = None
@@ -131,7 +112,8 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped (signal, `--duration`, or `--burst` with nothing ready); 0 = clean."""
-        self._install_signals()
+        self.signals = SignalWakeup(self.selector)
+        self.selector.register(self.rounds.fileno(), selectors.EVENT_READ, "round")
         try:
             self.backend = open_backend(self.app.database_url, pooled=False)
             self.backend.register_worker(WorkerInfo(
@@ -164,37 +146,14 @@ class Worker:
             self.pool.ask_to_stop(child)
             self.pool.retract(child)
 
-    def _install_signals(self) -> None:
-        # A job process inherits this mask, so a retract (SIGUSR1) sent before it has set
-        # its handler waits instead of killing it; it unblocks the signal once ready.
-        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-        self.selector.register(self.rounds.fileno(), selectors.EVENT_READ, "round")
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
-        self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
-        self._old_handlers = {
-            signum: signal.signal(signum, handler) for signum, handler in (
-                (signal.SIGTERM, self._on_stop_signal), (signal.SIGINT, self._on_stop_signal),
-                (signal.SIGCHLD, self._on_child_signal))}
-
-    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        """Only noted: the loop acts on it (the wake-up fd wakes it), so a stop never
-        lands in the middle of the loop's own bookkeeping or socket writes."""
-        self.stop_signals.append(signum)
-
     def _take_stop_signals(self) -> None:
-        while self.stop_signals:
-            signum = self.stop_signals.popleft()
+        while self.signals.stops:
+            signum = self.signals.stops.popleft()
             if self.stopping:
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 self.hard_stop = True
             else:
                 self.request_stop()
-
-    def _on_child_signal(self, signum: int, frame: FrameType | None) -> None:
-        """Nothing to do here: the wake-up fd makes the loop reap."""
 
     def _finished(self) -> bool:
         if self.hard_stop:
@@ -228,17 +187,12 @@ class Worker:
             with contextlib.suppress(DatabaseError):  # what it carried is written below
                 self._collect_round()
         self._final_flush()
-        signal.set_wakeup_fd(self._old_wakeup)
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
-        for signum, handler in self._old_handlers.items():
-            signal.signal(signum, handler)
+        self.signals.restore()
         if self.waker is not None:
             self.waker.close()
         if self.backend is not None:
             self.backend.close()
         self.selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
         if self.backend is not None:  # it started; otherwise the error says it all
             log.info("worker %s stopped after %d job(s)", self.id, self.jobs_run)
 
@@ -247,7 +201,7 @@ class Worker:
     def _step(self) -> None:
         for key, _ in self.selector.select(self._timeout()):
             if key.data == "signal":
-                wire.drain(self._wake_r)
+                self.signals.drain()
             elif key.data == "waker":
                 self.waker_news = True
             elif key.data == "round":
@@ -278,7 +232,7 @@ class Worker:
         if writable and self.finishes:
             return 0.0
         idle = bool(self.pool.idle()) and not self.stopping
-        if writable and self.want_claim and (idle or len(self.ready) < self._prefetch()):
+        if writable and self.want_claim and (idle or len(self.ready) < self._claim_ahead()):
             return 0.0
         moments = []
         if self.round is None:  # otherwise the round's end wakes the loop
@@ -322,7 +276,7 @@ class Worker:
             if not self.ready:
                 return
             self.pool.start(child, self.ready.popleft())
-        depth = min(self._prefetch() // self.concurrency, PIPELINE_DEPTH)
+        depth = self.ahead.depth()
         for child in self.pool.pipelined(depth, RETRACT_AFTER):
             while self.ready and len(child.queued) < depth:
                 self.pool.start(child, self.ready.popleft())
@@ -332,17 +286,8 @@ class Worker:
             self.started_since = time.monotonic()
         self.started[(job.id, job.attempt)] = pid
 
-    def _prefetch(self) -> int:
-        """How many jobs to hold claimed beyond the idle processes' needs."""
-        if not self.prefetch_allowed or self.stopping:
-            return 0
-        now = time.monotonic()
-        if now - self.rate_since >= RATE_WINDOW:
-            self.end_rate = self.ends_counted / (now - self.rate_since)
-            self.ends_counted = 0
-            self.rate_since = now
-        return min(int(self.end_rate * PREFETCH_HORIZON),
-                   PREFETCH_PER_PROCESS * self.concurrency)
+    def _claim_ahead(self) -> int:
+        return 0 if self.stopping else self.ahead.jobs()
 
     def _handle_messages(self, child: Child) -> None:
         messages, child.messages = child.messages, []
@@ -410,7 +355,7 @@ class Worker:
         self.want_claim = True
         self.nothing_ready = False  # a retry may be ready now: a claim must tell
         self.jobs_run += 1
-        self.ends_counted += 1
+        self.ahead.ended()
         if finish.outcome is Outcome.SUCCESS:  # thousands a second: only when asked for
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s %s done in %.3f s", job.task, job.uuid, end.duration or 0.0)
@@ -527,9 +472,7 @@ class Worker:
             return  # the round thread has the connection
         if now >= self.next_channel_refresh:
             self.channel_settings = backend.channel_settings()
-            self.prefetch_allowed = not any(
-                c.capacity is not None or c.sequential or c.paused
-                for c in self.channel_settings.values())
+            self.ahead.follow(self.channel_settings)
             self.next_channel_refresh = now + CHANNEL_REFRESH_INTERVAL
         if now >= self.next_heartbeat or (self.next_lost_check is not None
                                           and now >= self.next_lost_check):
@@ -651,7 +594,7 @@ class Worker:
         While processes are busy it runs on the round thread, so they are fed meanwhile."""
         claim = 0
         if self.want_claim and not self.stopping:
-            claim = max(len(self.pool.idle()) + self._prefetch() - len(self.ready), 0)
+            claim = max(len(self.pool.idle()) + self._claim_ahead() - len(self.ready), 0)
         progress = list(self.progress.values()) if self.progress and (
             self.finishes or now >= self.next_progress_flush) else []
         starts_due = bool(self.started) and (now >= self.started_since + STARTED_DELAY
