@@ -65,7 +65,13 @@ TRANSITIONS: dict[tuple[State, State], str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+# Hot-path rows. NewJob, JobRow, ClaimedJob and Finish are built once per job on the
+# enqueue, claim and finish paths, so they are plain slotted dataclasses, never changed
+# after they are built. A frozen dataclass's __init__ sets each field through
+# object.__setattr__: about 2.5 µs more per row, a tenth of a bulk enqueue's Python time.
+
+
+@dataclass(slots=True)  # read-only: see 'Hot-path rows'
 class NewJob:
     """A job about to be stored; arguments already encoded as JSON text.
 
@@ -90,7 +96,7 @@ class NewJob:
     depends_on: tuple[UUID, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only: see 'Hot-path rows'
 class JobRow:
     """A stored job as storage reads it; JSON fields still encoded."""
 
@@ -141,7 +147,7 @@ class AttemptRow:
     memory_mb: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only: see 'Hot-path rows'
 class ClaimedJob:
     """What a worker needs to run one try of a job it has just claimed."""
 
@@ -161,7 +167,7 @@ class ClaimedJob:
     has_children: bool = False  # jobs wait for it: its end may release them
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only: see 'Hot-path rows'
 class Finish:
     """The settled end of one try, written by the worker in a batch.
 

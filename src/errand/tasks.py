@@ -43,6 +43,10 @@ def default_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{fn.__qualname__}"
 
 
+MAX_SHAPES = 64
+"""Accepted call shapes remembered per task (a task taking **kwargs may see many)."""
+
+
 class Task(Generic[P, R]):
     """A function registered with an `App`.
 
@@ -63,6 +67,7 @@ class Task(Generic[P, R]):
         self.defaults = dict(defaults)
         self.retry_on = tuple(retry_on)
         self.signature = inspect.signature(fn)
+        self._accepted_shapes: set[tuple[int, frozenset[str]]] = set()
         doc = inspect.getdoc(fn)
         self.default_description = doc.strip().splitlines()[0] if doc else name
         functools.update_wrapper(self, fn)
@@ -101,11 +106,20 @@ class Task(Generic[P, R]):
         return Delayable(self, tuple(args), dict(kwargs))
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        """Refuse a call the function could not accept, before anything is stored."""
+        """Refuse a call the function could not accept, before anything is stored.
+
+        Whether a call binds depends only on its number of positional arguments and its
+        keyword names, so shapes that bound are remembered: binding cost more than all the
+        other checks of a job."""
+        shape = (len(args), frozenset(kwargs))
+        if shape in self._accepted_shapes:
+            return
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise ArgumentsError(f"{self.name}: {exc}") from None
+        if len(self._accepted_shapes) < MAX_SHAPES:
+            self._accepted_shapes.add(shape)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
