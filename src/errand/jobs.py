@@ -188,7 +188,8 @@ class Finish:
     duration: float | None = None
     memory_mb: float | None = None
     has_children: bool = False
-    pid: int | None = None  # the start is not written yet: write it too, `duration` ago
+    pid: int | None = None  # the job process that ran the try
+    start_unwritten: bool = False  # the start is not written yet: write it too, `duration` ago
 
 
 @dataclass(frozen=True, slots=True)

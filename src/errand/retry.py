@@ -89,16 +89,17 @@ def retry_delay(pattern: Mapping[int, float] | None, retry_number: int) -> float
     return delay
 
 
-def settle(job: ClaimedJob, end: TryEnd, unwritten_start_pid: int | None = None) -> Finish:
-    """Decide the job's next state from how its try ended (and carry the try's start when
-    it was not written yet: the pid of the process that ran it)."""
+def settle(job: ClaimedJob, end: TryEnd, pid: int | None = None,
+           start_unwritten: bool = False) -> Finish:
+    """Decide the job's next state from how its try ended; carry the pid of the process
+    that ran it, and whether its start is still to be written."""
     state, retries, delay = _next_state(job, end)
     return Finish(
         id=job.id, attempt=job.attempt, state=state, outcome=end.outcome, retries=retries,
         delay=delay, result=end.result, error_type=end.error_type,
         error_message=end.error_message,
         traceback=end.traceback, duration=end.duration, memory_mb=end.memory_mb,
-        has_children=job.has_children, pid=unwritten_start_pid)
+        has_children=job.has_children, pid=pid, start_unwritten=start_unwritten)
 
 
 def _next_state(job: ClaimedJob, end: TryEnd) -> tuple[State, int, float]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from errand.jobs import ClaimedJob, Finish, NewJob, Outcome, State
@@ -228,8 +231,9 @@ def test_a_short_try_writes_its_start_with_its_end(backend: Backend) -> None:
     backend.enqueue([new_job(), new_job()])
     short, long = backend.claim(worker, 2)
     backend.mark_started(worker, [(long.id, long.attempt, 41)])
-    backend.finish(worker, [finish(short, State.DONE, Outcome.SUCCESS, duration=2.0, pid=42),
-                            finish(long, State.DONE, Outcome.SUCCESS, duration=2.0)])
+    backend.finish(worker, [finish(short, State.DONE, Outcome.SUCCESS, duration=2.0, pid=42,
+                                   start_unwritten=True),
+                            finish(long, State.DONE, Outcome.SUCCESS, duration=2.0, pid=41)])
     [log] = backend.list_attempts(short.id)
     assert log.pid == 42 and log.started_at is not None and log.ended_at is not None
     assert abs((log.ended_at - log.started_at).total_seconds() - 2.0) < 0.01
@@ -328,6 +332,66 @@ def test_migrate_reports_what_it_applied_once(backend: Backend, database_url: st
     again = open_backend(database_url, pooled=False)
     assert again.migrate() == [] and again.schema_version() == version
     again.close()
+
+
+def run_sql(url: str, statements: list[str]) -> None:
+    """Plain SQL on the test database, past errand (to build an older schema's rows)."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_the_upgrade_to_tries_written_at_their_end_keeps_running_tries(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema before this change opened a try's row at the claim; the upgrade moves a
+    running try's open row onto its job and closes the open row of any other job."""
+    dialect = "sqlite" if database_url.startswith("sqlite") else "postgres"
+    module = importlib.import_module(f"errand.storage.{dialect}.backend")
+    backend_class = getattr(module, {"sqlite": "SqliteBackend",
+                                     "postgres": "PostgresBackend"}[dialect])
+    ours = {"sqlite": 3, "postgres": 4}[dialect]
+    assert backend_class.latest_version == ours
+    before = [migration for migration in module._MIGRATIONS if migration[0] < ours]
+    with monkeypatch.context() as patched:
+        patched.setattr(module, "_MIGRATIONS", before)
+        patched.setattr(backend_class, "latest_version", ours - 1)
+        old = open_backend(database_url, pooled=False)
+        running, stale = new_job("running"), new_job("stale")
+        old.enqueue([running, stale])
+        old.close()
+    run_sql(database_url, [
+        "INSERT INTO errand_workers (id, host, pid, concurrency, version, state, started_at, "
+        "heartbeat_at) SELECT 'w1', 'host', 1, 2, 'old', 'running', created_at, created_at "
+        f"FROM errand_jobs WHERE uuid = '{running.uuid}'",
+        "UPDATE errand_jobs SET state = 'started', attempt = 1, worker_id = 'w1' "
+        f"WHERE uuid = '{running.uuid}'",
+        "INSERT INTO errand_attempts (job_id, attempt, worker_id, pid) SELECT id, 1, 'w1', 4242 "
+        f"FROM errand_jobs WHERE uuid = '{running.uuid}'",
+        "INSERT INTO errand_attempts (job_id, attempt, worker_id, pid) SELECT id, 1, 'w1', 4343 "
+        f"FROM errand_jobs WHERE uuid = '{stale.uuid}'",
+    ])
+    backend = open_backend(database_url, pooled=False)
+    try:
+        assert backend.schema_version() == ours
+        row = backend.get_job(running.uuid)
+        assert row is not None and row.state == State.STARTED
+        [open_try] = backend.list_attempts(row.id)
+        assert (open_try.attempt, open_try.pid, open_try.outcome) == (1, 4242, None)
+        stale_row = backend.get_job(stale.uuid)
+        assert stale_row is not None
+        assert [a.outcome for a in backend.list_attempts(stale_row.id)] == [Outcome.INTERRUPTED]
+        backend.finish("w1", [Finish(id=row.id, attempt=1, state=State.DONE,
+                                     outcome=Outcome.SUCCESS, retries=0, duration=0.5,
+                                     pid=4242)])
+        [ended] = backend.list_attempts(row.id)
+        assert (ended.attempt, ended.pid, ended.outcome) == (1, 4242, Outcome.SUCCESS)
+    finally:
+        backend.close()
 
 
 def test_jobs_claimed_for_a_worker_that_does_not_run_them_are_put_back(

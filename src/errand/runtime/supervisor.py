@@ -350,7 +350,8 @@ class Worker:
                          error_message=f"stopped early for a worker shutdown "
                                        f"({end.error_message})", duration=end.duration,
                          memory_mb=end.memory_mb)
-        finish = settle(job, end, self.started.pop((job.id, job.attempt), None))
+        start_unwritten = self.started.pop((job.id, job.attempt), None) is not None
+        finish = settle(job, end, child.pid, start_unwritten)
         self.finishes.append(finish)
         self.want_claim = True
         self.nothing_ready = False  # a retry may be ready now: a claim must tell

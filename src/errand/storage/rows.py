@@ -151,7 +151,7 @@ def finishes_document(finishes: Sequence[Finish], nested: bool) -> str:
             "outcome": f.outcome.value, "retries": f.retries, "delay": f.delay,
             "error_type": f.error_type, "error_message": f.error_message,
             "traceback": f.traceback, "duration": f.duration, "memory_mb": f.memory_mb,
-            "pid": f.pid,
+            "pid": f.pid, "start_unwritten": f.start_unwritten,
         }, ensure_ascii=False)
         parts.append(f'{scalars[:-1]},"result":{_embed(f.result, nested)}}}')
     return "[" + ",".join(parts) + "]"

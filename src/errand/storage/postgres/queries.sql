@@ -116,9 +116,15 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: list_attempts
+-- Ended tries have their row; a running try is read from the job's row.
 SELECT job_id, attempt, worker_id, pid, started_at, ended_at, duration, outcome, result::text,
        error_type, error_message, traceback, memory_mb
-FROM errand_attempts WHERE job_id = %(job_id)s ORDER BY attempt;
+FROM errand_attempts WHERE job_id = %(job_id)s
+UNION ALL
+SELECT id, attempt, worker_id, pid, CASE WHEN state = 'started' THEN started_at END, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM errand_jobs WHERE id = %(job_id)s AND state IN ('enqueued', 'started')
+ORDER BY attempt;
 
 -- name: uuids_in_state
 SELECT uuid FROM errand_jobs WHERE state = %(state)s ORDER BY id;
@@ -160,9 +166,15 @@ WHERE id IN (SELECT id FROM errand_jobs
              LIMIT %(limit)s);
 
 -- name: channel_counts
+-- Each state through its own partial index, never the history: pending jobs through
+-- errand_jobs_ready, running ones through errand_jobs_running, waiting ones through
+-- errand_jobs_state.
 SELECT channel, state, count(*)
-FROM errand_jobs
-WHERE state IN ('wait_dependencies', 'pending', 'enqueued', 'started')
+FROM (SELECT channel, state FROM errand_jobs WHERE state = 'pending'
+      UNION ALL
+      SELECT channel, state FROM errand_jobs WHERE state IN ('enqueued', 'started')
+      UNION ALL
+      SELECT channel, state FROM errand_jobs WHERE state = 'wait_dependencies') AS active
 GROUP BY channel, state
 ORDER BY channel, state;
 
@@ -207,36 +219,34 @@ WHERE j.id IS NULL;
 -- connection): pending again, their try closed as interrupted, not counted as a retry.
 WITH known AS (
     SELECT * FROM jsonb_to_recordset(%(running)s::jsonb) AS r(id bigint, attempt integer)
-), released AS (
-    UPDATE errand_jobs AS j SET state = 'pending', eta = least(j.eta, now())
+), unknown AS MATERIALIZED (
+    SELECT j.id, j.attempt, j.pid, CASE WHEN j.state = 'started' THEN j.started_at END
+                                        AS started_at
+    FROM errand_jobs j
     WHERE j.worker_id = %(worker)s AND j.state IN ('enqueued', 'started')
       AND NOT EXISTS (SELECT 1 FROM known k WHERE k.id = j.id AND k.attempt = j.attempt)
-    RETURNING j.id, j.attempt
+    FOR UPDATE
+), released AS (
+    UPDATE errand_jobs AS j SET state = 'pending', eta = least(j.eta, now())
+    FROM unknown u WHERE j.id = u.id
+    RETURNING j.id
 ), closed AS (
-    UPDATE errand_attempts AS a
-    SET outcome = 'interrupted', ended_at = now(), error_type = 'ClaimLost',
-        error_message = 'the claim reached the database but its answer never reached the worker'
-    FROM released r
-    WHERE a.job_id = r.id AND a.attempt = r.attempt AND a.outcome IS NULL
+    INSERT INTO errand_attempts (job_id, attempt, worker_id, pid, started_at, ended_at,
+                                 outcome, error_type, error_message)
+    SELECT u.id, u.attempt, %(worker)s, u.pid, u.started_at, now(), 'interrupted', 'ClaimLost',
+           'the claim reached the database but its answer never reached the worker'
+    FROM unknown u
 )
 SELECT id FROM released;
 
 -- name: unclaim_jobs
 -- Jobs a stopping worker claimed ahead and never started: pending again, as if never
--- claimed (their try number and the row of their try are taken back).
-WITH r AS (
-    SELECT * FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(id bigint, attempt integer)
-), back AS (
-    UPDATE errand_jobs AS j SET state = 'pending', attempt = j.attempt - 1, worker_id = NULL
-    FROM r
-    WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = %(worker)s
-      AND j.state = 'enqueued'
-    RETURNING j.id, r.attempt
-), forgotten AS (
-    DELETE FROM errand_attempts AS a USING back
-    WHERE a.job_id = back.id AND a.attempt = back.attempt
-)
-SELECT id FROM back;
+-- claimed (their try number is taken back; a try has no row before it ends).
+UPDATE errand_jobs AS j SET state = 'pending', attempt = j.attempt - 1, worker_id = NULL
+FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(id bigint, attempt integer)
+WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = %(worker)s
+  AND j.state = 'enqueued'
+RETURNING j.id;
 
 -- name: stop_worker
 UPDATE errand_workers SET state = 'stopped', heartbeat_at = now() WHERE id = %(worker)s;
@@ -250,15 +260,12 @@ WITH picked AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE errand_jobs AS j
-    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s,
+    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s, pid = NULL,
         enqueued_at = now(), progress = 0, status_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.uuid, j.task, j.args::text AS args, j.kwargs::text AS kwargs,
               j.context::text AS context, j.attempt, j.retries, j.max_retries,
               j.retry_pattern::text AS retry_pattern, j.timeout, j.channel, j.priority, j.eta
-), tries AS (
-    INSERT INTO errand_attempts (job_id, attempt, worker_id)
-    SELECT id, attempt, %(worker)s FROM claimed
 )
 SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
        timeout, channel,
@@ -280,15 +287,12 @@ WITH gate AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE errand_jobs AS j
-    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s,
+    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s, pid = NULL,
         enqueued_at = now(), progress = 0, status_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.uuid, j.task, j.args::text AS args, j.kwargs::text AS kwargs,
               j.context::text AS context, j.attempt, j.retries, j.max_retries,
               j.retry_pattern::text AS retry_pattern, j.timeout, j.channel, j.priority, j.eta
-), tries AS (
-    INSERT INTO errand_attempts (job_id, attempt, worker_id)
-    SELECT id, attempt, %(worker)s FROM claimed
 )
 SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
        timeout, channel,
@@ -344,15 +348,12 @@ CROSS JOIN LATERAL (
 -- name: claim_chosen
 WITH claimed AS (
     UPDATE errand_jobs AS j
-    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s,
+    SET state = 'enqueued', attempt = j.attempt + 1, worker_id = %(worker)s, pid = NULL,
         enqueued_at = now(), progress = 0, status_message = NULL
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state = 'pending'
     RETURNING j.id, j.uuid, j.task, j.args::text AS args, j.kwargs::text AS kwargs,
               j.context::text AS context, j.attempt, j.retries, j.max_retries,
               j.retry_pattern::text AS retry_pattern, j.timeout, j.channel, j.priority, j.eta
-), tries AS (
-    INSERT INTO errand_attempts (job_id, attempt, worker_id)
-    SELECT id, attempt, %(worker)s FROM claimed
 )
 SELECT id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
        timeout, channel,
@@ -388,37 +389,21 @@ WITH saved AS (
 SELECT name, pg_notify('errand_control', 'channels') FROM saved;
 
 -- name: mark_started
-WITH s AS (
-    SELECT * FROM jsonb_to_recordset(%(started)s::jsonb) AS s(id bigint, attempt integer,
-                                                              pid integer)
-), jobs AS (
-    UPDATE errand_jobs AS j SET state = 'started', started_at = now()
-    FROM s
-    WHERE j.id = s.id AND j.attempt = s.attempt AND j.worker_id = %(worker)s
-      AND j.state = 'enqueued'
-)
-UPDATE errand_attempts AS a SET started_at = now(), pid = s.pid
-FROM s
-WHERE a.job_id = s.id AND a.attempt = s.attempt AND a.outcome IS NULL;
+UPDATE errand_jobs AS j SET state = 'started', started_at = now(), pid = s.pid
+FROM jsonb_to_recordset(%(started)s::jsonb) AS s(id bigint, attempt integer, pid integer)
+WHERE j.id = s.id AND j.attempt = s.attempt AND j.worker_id = %(worker)s
+  AND j.state = 'enqueued';
 
 -- name: finish_jobs
 WITH f AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(%(finishes)s::jsonb) AS f(
         id bigint, attempt integer, state text, outcome text, retries integer,
         delay double precision, result jsonb, error_type text, error_message text,
-        traceback text, duration double precision, memory_mb double precision, pid integer)
-), tries AS (
-    -- A try with a pid was too short for its start to be written on its own: its start is
-    -- written now, dated back by its duration.
-    UPDATE errand_attempts AS a
-    SET ended_at = now(), outcome = f.outcome, result = f.result, error_type = f.error_type,
-        error_message = f.error_message, traceback = f.traceback, duration = f.duration,
-        memory_mb = f.memory_mb, pid = coalesce(f.pid, a.pid),
-        started_at = CASE WHEN f.pid IS NULL THEN a.started_at
-                          ELSE now() - make_interval(secs => coalesce(f.duration, 0)) END
-    FROM f
-    WHERE a.job_id = f.id AND a.attempt = f.attempt AND a.outcome IS NULL
+        traceback text, duration double precision, memory_mb double precision, pid integer,
+        start_unwritten boolean)
 ), jobs AS (
+    -- A try too short for its start to be written on its own: its start is written now,
+    -- dated back by its duration.
     UPDATE errand_jobs AS j
     SET state = f.state,
         retries = f.retries,
@@ -428,13 +413,35 @@ WITH f AS MATERIALIZED (
         error_type = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_type END,
         error_message = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_message END,
         progress = CASE WHEN f.state = 'done' THEN 100 ELSE j.progress END,
-        started_at = CASE WHEN f.pid IS NULL THEN j.started_at
-                          ELSE now() - make_interval(secs => coalesce(f.duration, 0)) END,
+        started_at = CASE WHEN f.start_unwritten
+                          THEN now() - make_interval(secs => coalesce(f.duration, 0))
+                          ELSE j.started_at END,
+        pid = f.pid,
         ended_at = CASE WHEN f.state IN ('done', 'failed', 'cancelled') THEN now() END
     FROM f
     WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = %(worker)s
       AND j.state IN ('enqueued', 'started')
     RETURNING j.id, j.state
+), tries AS (
+    -- The try's row, written once: for each job ended above, and for a job cancelled while
+    -- its try ran (its row is left alone). The scalar subqueries read a job's row as it
+    -- was before this statement, by id (a join could scan every job of the worker). If the rescue wrote the row first (this worker
+    -- was taken for dead), the rescue's row stays.
+    INSERT INTO errand_attempts (job_id, attempt, worker_id, pid, started_at, ended_at,
+                                 duration, outcome, result, error_type, error_message,
+                                 traceback, memory_mb)
+    SELECT f.id, f.attempt, %(worker)s, f.pid,
+           CASE WHEN f.start_unwritten
+                THEN now() - make_interval(secs => coalesce(f.duration, 0))
+                ELSE (SELECT j.started_at FROM errand_jobs j WHERE j.id = f.id) END,
+           now(), f.duration, f.outcome, f.result, f.error_type, f.error_message, f.traceback,
+           f.memory_mb
+    FROM f
+    WHERE f.id IN (SELECT id FROM jobs)
+       OR (SELECT j.state FROM errand_jobs j
+           WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = %(worker)s)
+          = 'cancelled'
+    ON CONFLICT (job_id, attempt) DO NOTHING
 ), counted AS (
     UPDATE errand_workers SET jobs_done = jobs_done + (SELECT count(*) FROM jobs)
     WHERE id = %(worker)s
@@ -467,8 +474,19 @@ FROM jsonb_to_recordset(%(updates)s::jsonb) AS p(id bigint, attempt integer, per
 WHERE j.id = p.id AND j.attempt = p.attempt AND j.state IN ('enqueued', 'started');
 
 -- name: next_eta
-SELECT extract(epoch FROM min(eta) - now())::double precision
-FROM errand_jobs WHERE state = 'pending';
+-- The earliest eta of a pending job: the head of each priority in errand_jobs_ready, found
+-- one priority after the other (a few index probes, however many jobs wait).
+WITH RECURSIVE heads AS (
+    (SELECT priority, eta FROM errand_jobs WHERE state = 'pending'
+     ORDER BY priority, eta, id LIMIT 1)
+    UNION ALL
+    SELECT after.priority, after.eta
+    FROM heads CROSS JOIN LATERAL (
+        SELECT priority, eta FROM errand_jobs
+        WHERE state = 'pending' AND priority > heads.priority
+        ORDER BY priority, eta, id LIMIT 1) AS after
+)
+SELECT extract(epoch FROM min(eta) - now())::double precision FROM heads;
 
 -- name: rescue_jobs
 WITH elected AS MATERIALIZED (
@@ -480,7 +498,8 @@ WITH elected AS MATERIALIZED (
            OR id = ANY(%(alive)s::text[]))
 ), orphans AS MATERIALIZED (
     -- A try still 'enqueued' was claimed (ahead) but not seen starting: it does not count.
-    SELECT j.id, j.attempt, j.worker_id, j.state = 'started' AS counted,
+    SELECT j.id, j.attempt, j.worker_id, j.pid, j.state = 'started' AS counted,
+           CASE WHEN j.state = 'started' THEN j.started_at END AS started_at,
            j.state = 'started' AND j.max_retries > 0 AND j.retries >= j.max_retries
                AS exhausted
     FROM errand_jobs j
@@ -500,11 +519,11 @@ WITH elected AS MATERIALIZED (
     FROM orphans o WHERE j.id = o.id
     RETURNING j.id
 ), closed AS (
-    UPDATE errand_attempts AS a
-    SET outcome = 'interrupted', ended_at = now(), error_type = 'WorkerLost',
-        error_message = 'worker ' || coalesce(a.worker_id, '?') || ' stopped heartbeating'
-    WHERE a.outcome IS NULL AND (SELECT won FROM elected)
-      AND a.worker_id NOT IN (SELECT id FROM live)
+    INSERT INTO errand_attempts (job_id, attempt, worker_id, pid, started_at, ended_at,
+                                 outcome, error_type, error_message)
+    SELECT o.id, o.attempt, o.worker_id, o.pid, o.started_at, now(), 'interrupted',
+           'WorkerLost', 'worker ' || coalesce(o.worker_id, '?') || ' stopped heartbeating'
+    FROM orphans o
 ), buried AS (
     UPDATE errand_workers SET state = 'dead'
     WHERE state = 'running' AND id NOT IN (SELECT id FROM live) AND (SELECT won FROM elected)

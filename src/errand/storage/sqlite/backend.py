@@ -209,13 +209,19 @@ class SqliteBackend(SqlBackend):
 
 def _run_block(conn: sqlite3.Connection, statements: list[str],
                params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
-    """Run a named block's statements in order; the first one's rows are the block's result."""
-    cursor = conn.execute(statements[0], params)
-    first = cursor.fetchall()
-    count = cursor.rowcount
-    for statement in statements[1:]:
-        conn.execute(statement, params).fetchall()
-    return first, count
+    """Run a named block's statements in order. The block's result is the rows and count of
+    its first statement that returns rows (a SELECT, or a write with RETURNING), else the
+    first statement's count: a block may write, first, what that statement then changes."""
+    result: tuple[list[tuple[Any, ...]], int] | None = None
+    first_count = None
+    for statement in statements:
+        cursor = conn.execute(statement, params)
+        found = cursor.fetchall()
+        if first_count is None:
+            first_count = cursor.rowcount
+        if result is None and cursor.description is not None:
+            result = found, cursor.rowcount
+    return result or ([], first_count or 0)
 
 
 def _split_script(sql: str) -> list[str]:

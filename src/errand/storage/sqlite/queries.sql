@@ -102,9 +102,15 @@ ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_attempts
+-- Ended tries have their row; a running try is read from the job's row.
 SELECT job_id, attempt, worker_id, pid, started_at, ended_at, duration, outcome, result,
        error_type, error_message, traceback, memory_mb
-FROM errand_attempts WHERE job_id = :job_id ORDER BY attempt;
+FROM errand_attempts WHERE job_id = :job_id
+UNION ALL
+SELECT id, attempt, worker_id, pid, CASE WHEN state = 'started' THEN started_at END, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM errand_jobs WHERE id = :job_id AND state IN ('enqueued', 'started')
+ORDER BY attempt;
 
 -- name: uuids_in_state
 SELECT uuid FROM errand_jobs WHERE state = :state ORDER BY id;
@@ -206,31 +212,27 @@ WHERE j.id IS NULL;
 
 -- name: release_unknown
 -- Jobs held for this worker that it does not run (a claim whose answer was lost with the
--- connection): pending again, their try closed as interrupted, not counted as a retry.
+-- connection): pending again, their try written as interrupted, not counted as a retry.
+INSERT INTO errand_attempts (job_id, attempt, worker_id, pid, started_at, ended_at, outcome,
+                             error_type, error_message)
+SELECT id, attempt, worker_id, pid, CASE WHEN state = 'started' THEN started_at END,
+       (julianday('now') - 2440587.5) * 86400.0, 'interrupted', 'ClaimLost',
+       'the claim reached the database but its answer never reached the worker'
+FROM errand_jobs
+WHERE worker_id = :worker AND state IN ('enqueued', 'started')
+  AND NOT EXISTS (SELECT 1 FROM json_each(:running) AS r
+                  WHERE json_extract(r.value, '$.id') = errand_jobs.id
+                    AND json_extract(r.value, '$.attempt') = errand_jobs.attempt);
 UPDATE errand_jobs SET state = 'pending', eta = min(eta, (julianday('now') - 2440587.5) * 86400.0)
 WHERE worker_id = :worker AND state IN ('enqueued', 'started')
   AND NOT EXISTS (SELECT 1 FROM json_each(:running) AS r
                   WHERE json_extract(r.value, '$.id') = errand_jobs.id
                     AND json_extract(r.value, '$.attempt') = errand_jobs.attempt)
 RETURNING id;
-UPDATE errand_attempts
-SET outcome = 'interrupted', ended_at = (julianday('now') - 2440587.5) * 86400.0, error_type = 'ClaimLost',
-    error_message = 'the claim reached the database but its answer never reached the worker'
-WHERE outcome IS NULL AND worker_id = :worker
-  AND NOT EXISTS (SELECT 1 FROM json_each(:running) AS r
-                  WHERE json_extract(r.value, '$.id') = errand_attempts.job_id
-                    AND json_extract(r.value, '$.attempt') = errand_attempts.attempt);
 
 -- name: unclaim_jobs
 -- Jobs a stopping worker claimed ahead and never started: pending again, as if never
--- claimed (their try number and the row of their try are taken back).
-DELETE FROM errand_attempts
-WHERE outcome IS NULL AND started_at IS NULL
-  AND EXISTS (SELECT 1 FROM json_each(:jobs) AS r
-              JOIN errand_jobs j ON j.id = json_extract(r.value, '$.id')
-                                AND j.attempt = json_extract(r.value, '$.attempt')
-              WHERE j.id = errand_attempts.job_id AND j.attempt = errand_attempts.attempt
-                AND j.worker_id = :worker AND j.state = 'enqueued');
+-- claimed (their try number is taken back; a try has no row before it ends).
 UPDATE errand_jobs SET state = 'pending', attempt = attempt - 1, worker_id = NULL
 WHERE worker_id = :worker AND state = 'enqueued'
   AND EXISTS (SELECT 1 FROM json_each(:jobs) AS r
@@ -244,7 +246,7 @@ WHERE id = :worker;
 
 -- name: claim_jobs
 UPDATE errand_jobs
-SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
+SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker, pid = NULL,
     enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0,
     status_message = NULL
 WHERE id IN (SELECT id FROM errand_jobs INDEXED BY errand_jobs_ready
@@ -255,18 +257,12 @@ RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, 
           timeout, channel,
           EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id),
           EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = errand_jobs.id);
--- Open a try row for each job just claimed (this worker's enqueued jobs without one).
-INSERT INTO errand_attempts (job_id, attempt, worker_id)
-SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
-WHERE j.worker_id = :worker AND j.state = 'enqueued'
-  AND NOT EXISTS (SELECT 1 FROM errand_attempts a
-                  WHERE a.job_id = j.id AND a.attempt = j.attempt);
 
 -- name: claim_gated
 -- Used inside the claim transaction once the running counts show room for :limit more
 -- jobs under every capacity in :caps ({"root.mail": 2}); the gate re-checks it.
 UPDATE errand_jobs
-SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
+SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker, pid = NULL,
     enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0, status_message = NULL
 WHERE id IN (SELECT id FROM errand_jobs INDEXED BY errand_jobs_ready
              WHERE state = 'pending' AND eta <= (julianday('now') - 2440587.5) * 86400.0
@@ -283,12 +279,6 @@ RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, 
           timeout, channel,
           EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id),
           EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = errand_jobs.id);
--- Open a try row for each job just claimed (this worker's enqueued jobs without one).
-INSERT INTO errand_attempts (job_id, attempt, worker_id)
-SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
-WHERE j.worker_id = :worker AND j.state = 'enqueued'
-  AND NOT EXISTS (SELECT 1 FROM errand_attempts a
-                  WHERE a.job_id = j.id AND a.attempt = j.attempt);
 
 -- name: lock_claims
 -- Every write transaction here begins with BEGIN IMMEDIATE, which already makes claims
@@ -339,19 +329,13 @@ JOIN errand_jobs j ON j.id = head.id;
 
 -- name: claim_chosen
 UPDATE errand_jobs
-SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker,
+SET state = 'enqueued', attempt = attempt + 1, worker_id = :worker, pid = NULL,
     enqueued_at = (julianday('now') - 2440587.5) * 86400.0, progress = 0, status_message = NULL
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'pending'
 RETURNING id, uuid, task, args, kwargs, context, attempt, retries, max_retries, retry_pattern,
           timeout, channel,
           EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.job_id = errand_jobs.id),
           EXISTS (SELECT 1 FROM errand_dependencies d WHERE d.depends_on = errand_jobs.id);
--- Open a try row for each job just claimed (this worker's enqueued jobs without one).
-INSERT INTO errand_attempts (job_id, attempt, worker_id)
-SELECT j.id, j.attempt, j.worker_id FROM errand_jobs j
-WHERE j.worker_id = :worker AND j.state = 'enqueued'
-  AND NOT EXISTS (SELECT 1 FROM errand_attempts a
-                  WHERE a.job_id = j.id AND a.attempt = j.attempt);
 
 -- name: parent_results
 SELECT d.job_id, parent.uuid, parent.result
@@ -374,20 +358,14 @@ RETURNING name;
 
 -- name: mark_started
 UPDATE errand_jobs
-SET state = 'started', started_at = (julianday('now') - 2440587.5) * 86400.0
-FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt
+SET state = 'started', started_at = (julianday('now') - 2440587.5) * 86400.0, pid = s.pid
+FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.pid') AS pid
       FROM json_each(:started)) AS s
 WHERE errand_jobs.id = s.id AND errand_jobs.attempt = s.attempt
   -- `+`: look each job up by id; the worker and state indexes would pair every job of the
   -- worker with every entry (quadratic in the batch when jobs are claimed ahead).
   AND +errand_jobs.worker_id = :worker AND +errand_jobs.state = 'enqueued';
-UPDATE errand_attempts
-SET started_at = (julianday('now') - 2440587.5) * 86400.0, pid = s.pid
-FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
-             json_extract(value, '$.pid') AS pid
-      FROM json_each(:started)) AS s
-WHERE errand_attempts.job_id = s.id AND errand_attempts.attempt = s.attempt
-  AND errand_attempts.outcome IS NULL;
 
 -- name: finish_jobs
 UPDATE errand_jobs
@@ -400,14 +378,15 @@ SET state = f.state,
     error_type = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_type END,
     error_message = CASE WHEN f.state = 'done' THEN NULL ELSE f.error_message END,
     progress = CASE WHEN f.state = 'done' THEN 100 ELSE errand_jobs.progress END,
-    started_at = CASE WHEN f.pid IS NULL THEN errand_jobs.started_at
-                      ELSE (julianday('now') - 2440587.5) * 86400.0 - coalesce(f.duration, 0)
-                      END,
+    started_at = CASE WHEN f.start_unwritten THEN (julianday('now') - 2440587.5) * 86400.0 - coalesce(f.duration, 0)
+                      ELSE errand_jobs.started_at END,
+    pid = f.pid,
     ended_at = CASE WHEN f.state IN ('done', 'failed', 'cancelled')
                     THEN (julianday('now') - 2440587.5) * 86400.0 END
 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
              json_extract(value, '$.state') AS state,
              json_extract(value, '$.pid') AS pid,
+             json_extract(value, '$.start_unwritten') AS start_unwritten,
              json_extract(value, '$.duration') AS duration,
              json_extract(value, '$.retries') AS retries,
              json_extract(value, '$.delay') AS delay,
@@ -422,18 +401,21 @@ RETURNING id, state = 'done' AND EXISTS (SELECT 1 FROM errand_dependencies d
                                          WHERE d.depends_on = errand_jobs.id);
 -- changes() still counts the job rows the statement above updated.
 UPDATE errand_workers SET jobs_done = jobs_done + changes() WHERE id = :worker;
--- A try with a pid was too short for its start to be written on its own: its start is
--- written now, dated back by its duration.
-UPDATE errand_attempts
-SET ended_at = (julianday('now') - 2440587.5) * 86400.0, outcome = f.outcome,
-    result = f.result, error_type = f.error_type, error_message = f.error_message,
-    traceback = f.traceback, duration = f.duration, memory_mb = f.memory_mb,
-    pid = coalesce(f.pid, errand_attempts.pid),
-    started_at = CASE WHEN f.pid IS NULL THEN errand_attempts.started_at
-                      ELSE (julianday('now') - 2440587.5) * 86400.0 - coalesce(f.duration, 0)
-                      END
+-- The try's row, written once; the job's row above kept its id, attempt, worker and, when
+-- it was written before, the try's start. The job may have left the try meanwhile
+-- (cancelled): its try is written all the same. If the rescue wrote the row first (this
+-- worker was taken for dead), the rescue's row stays.
+INSERT INTO errand_attempts (job_id, attempt, worker_id, pid, started_at, ended_at, duration,
+                             outcome, result, error_type, error_message, traceback, memory_mb)
+SELECT f.id, f.attempt, :worker, f.pid,
+       CASE WHEN f.start_unwritten
+            THEN (julianday('now') - 2440587.5) * 86400.0 - coalesce(f.duration, 0)
+            ELSE j.started_at END,
+       (julianday('now') - 2440587.5) * 86400.0, f.duration, f.outcome, f.result, f.error_type,
+       f.error_message, f.traceback, f.memory_mb
 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt') AS attempt,
              json_extract(value, '$.pid') AS pid,
+             json_extract(value, '$.start_unwritten') AS start_unwritten,
              json_extract(value, '$.outcome') AS outcome,
              json_extract(value, '$.result') AS result,
              json_extract(value, '$.error_type') AS error_type,
@@ -442,8 +424,9 @@ FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempt')
              json_extract(value, '$.duration') AS duration,
              json_extract(value, '$.memory_mb') AS memory_mb
       FROM json_each(:finishes)) AS f
-WHERE errand_attempts.job_id = f.id AND errand_attempts.attempt = f.attempt
-  AND errand_attempts.outcome IS NULL;
+JOIN errand_jobs j ON j.id = f.id AND j.attempt = f.attempt AND +j.worker_id = :worker
+WHERE true  -- (SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT ... JOIN)
+ON CONFLICT (job_id, attempt) DO NOTHING;
 
 -- name: save_progress
 UPDATE errand_jobs
@@ -461,7 +444,19 @@ FROM errand_jobs INDEXED BY errand_jobs_pending_eta WHERE state = 'pending';
 
 -- name: rescue_jobs
 -- One writer at a time (BEGIN IMMEDIATE), so no election is needed here. A try still
--- 'enqueued' was claimed (ahead) but not seen starting: it does not count.
+-- 'enqueued' was claimed (ahead) but not seen starting: it does not count. The tries are
+-- written before the jobs change.
+INSERT INTO errand_attempts (job_id, attempt, worker_id, pid, started_at, ended_at, outcome,
+                             error_type, error_message)
+SELECT id, attempt, worker_id, pid, CASE WHEN state = 'started' THEN started_at END,
+       (julianday('now') - 2440587.5) * 86400.0, 'interrupted', 'WorkerLost',
+       'worker ' || coalesce(worker_id, '?') || ' stopped heartbeating'
+FROM errand_jobs
+WHERE state IN ('enqueued', 'started')
+  AND worker_id NOT IN (SELECT id FROM errand_workers
+                        WHERE state = 'running'
+                          AND (heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease
+                               OR id IN (SELECT value FROM json_each(:alive))));
 UPDATE errand_jobs
 SET state = CASE WHEN state = 'started' AND max_retries > 0 AND retries >= max_retries
                  THEN 'failed' ELSE 'pending' END,
@@ -479,15 +474,6 @@ WHERE state IN ('enqueued', 'started')
                           AND (heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease
                                OR id IN (SELECT value FROM json_each(:alive))))
 RETURNING id;
-UPDATE errand_attempts
-SET outcome = 'interrupted', ended_at = (julianday('now') - 2440587.5) * 86400.0,
-    error_type = 'WorkerLost',
-    error_message = 'worker ' || coalesce(worker_id, '?') || ' stopped heartbeating'
-WHERE outcome IS NULL
-  AND worker_id NOT IN (SELECT id FROM errand_workers
-                        WHERE state = 'running'
-                          AND (heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :lease
-                               OR id IN (SELECT value FROM json_each(:alive))));
 UPDATE errand_workers SET state = 'dead'
 WHERE state = 'running'
   AND heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - :lease
