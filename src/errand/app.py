@@ -7,6 +7,7 @@ import threading
 import uuid as uuid_module
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain, islice
 from typing import Any, ParamSpec, TypeVar, overload
 from uuid import UUID
 
@@ -172,9 +173,17 @@ class App:
         """Store one job per call (or run them inline under ERRAND_NO_DELAY)."""
         resolved = opts.resolve(task.defaults, options)
         shared: dict[str, Any] = {}
-        entries = [(task, self._new_job(task, args, kwargs, resolved, shared))
-                   for args, kwargs in calls]
-        return self._store(entries, resolved.connection)
+        jobs = (self._new_job(task, args, kwargs, resolved, shared) for args, kwargs in calls)
+        if (resolved.connection is None and resolved.identity_key is None
+                and not SUBMIT_HOOKS and not no_delay_enabled()):
+            # The first job is built before the database is opened (a bad `delay` never
+            # opens it), the others while they are stored (see Backend.enqueue_alike). On
+            # the caller's connection all are built first: a bad call never aborts the
+            # caller's transaction.
+            first = list(islice(jobs, 1))
+            stored = self.backend.enqueue_alike(len(calls), chain(first, jobs))
+            return [Job(self, row) for row in stored]
+        return self._store([(task, job) for job in jobs], resolved.connection)
 
     def submit_graph(self, nodes: Sequence[GraphNode]) -> list[Job[Any]]:
         """Store a graph's jobs in one transaction; `nodes` come parents first."""
@@ -201,8 +210,9 @@ class App:
         by the first job (after its arguments are checked, so errors keep their order) and
         reused by the other jobs of a batch: the context is encoded once, not per job."""
         task.check_arguments(args, kwargs)
-        args_json, kwargs_json = serialization.encode_call(list(args), dict(kwargs))
-        self._check_size(task.name, len(args_json) + len(kwargs_json), args_json + kwargs_json)
+        args_json, kwargs_json = serialization.encode_call(args, kwargs)
+        if (len(args_json) + len(kwargs_json)) * 4 > self.settings.max_payload:
+            self._check_size(task.name, args_json + kwargs_json)  # maybe over, in bytes
         if not shared:
             context = dict(resolved.context)
             if self.context_keys is not None:
@@ -218,9 +228,9 @@ class App:
         return NewJob(uuid=uuid or uuid_module.uuid4(), args=args_json, kwargs=kwargs_json,
                       depends_on=depends_on, **shared)
 
-    def _check_size(self, task: str, length: int, text: str) -> None:
+    def _check_size(self, task: str, text: str) -> None:
         limit = self.settings.max_payload
-        if length * 4 > limit and len(text.encode()) > limit:
+        if len(text.encode()) > limit:
             raise PayloadTooLarge(
                 f"the arguments of {task} take {len(text.encode()):,} bytes, over the "
                 f"{limit:,}-byte limit (ERRAND_MAX_PAYLOAD); store big data elsewhere and "

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -120,7 +121,7 @@ def loads(text: str) -> Any:
     return json.loads(text, object_hook=_untag)
 
 
-def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
     """Encode a call's arguments, naming the offending one (`args[1]`, `kwargs['to']`)."""
     encoded_args = [to_jsonable(item, f"args[{i}]") for i, item in enumerate(args)]
     if not kwargs:

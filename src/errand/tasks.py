@@ -94,8 +94,8 @@ class Task(Generic[P, R]):
         opts.check(options)
         checked: list[Call] = []
         for index, call in enumerate(calls):
-            if not (isinstance(call, tuple | list) and len(call) == 2
-                    and isinstance(call[0], tuple | list) and isinstance(call[1], Mapping)):
+            if not (isinstance(call, (tuple, list)) and len(call) == 2
+                    and isinstance(call[0], (tuple, list)) and isinstance(call[1], Mapping)):
                 raise ArgumentsError(
                     f"delay_many takes (args, kwargs) pairs; item {index} is {call!r}")
             checked.append((tuple(call[0]), dict(call[1])))

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 import errand
-from errand.errors import SerializationError
+from errand.errors import ArgumentsError, SerializationError
 from errand.jobs import JobRow, NewJob
 from errand.storage.postgres import backend as pg
 from errand.storage.postgres.backend import COPY_CHUNK, COPY_FROM, PostgresBackend
@@ -247,5 +247,31 @@ def test_handles_show_what_was_stored(database_url: str, calls: int) -> None:
                          "timeout", "attempt", "result", "error", "progress", "status_message",
                          "worker", "created_at", "started_at", "ended_at"):
                 assert getattr(job, name) == getattr(read, name), name
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("bad_at", [0, COPY_CHUNK + 10])
+def test_a_bad_call_in_a_big_batch_stores_none_of_it(database_url: str, bad_at: int) -> None:
+    """On PostgreSQL the jobs are built while the first chunks are stored: a call that
+    cannot be stored, seen after some chunks went out, aborts the COPY."""
+    app = errand.App(database_url)
+    try:
+        @app.task(name="add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((i, i), {}) for i in range(2 * COPY_CHUNK)]
+        calls[bad_at] = ((1, object()), {})
+        with pytest.raises(SerializationError, match=r"args\[1\]"):
+            add.delay_many(calls)
+        calls[bad_at] = ((1,), {"c": 2})
+        with pytest.raises(ArgumentsError, match="add"):
+            add.delay_many(calls)
+        assert app.jobs(limit=10) == []
+        calls[bad_at] = ((1, 2), {})
+        assert len(add.delay_many(calls)) == 2 * COPY_CHUNK  # the connection is fine after
+        assert len(app.jobs(limit=3 * COPY_CHUNK)) == 2 * COPY_CHUNK
     finally:
         app.close()

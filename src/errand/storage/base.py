@@ -6,7 +6,7 @@ concrete backend is reached through `errand.storage.open_backend(url)`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -75,6 +75,12 @@ class Backend(Protocol):
     # producer side
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
         """Store jobs in one round trip, in the caller's transaction if `connection` is given."""
+
+    def enqueue_alike(self, count: int, jobs: Iterator[NewJob]) -> list[JobRow]:
+        """Store `count` jobs that differ only in their uuid and arguments (no identity key,
+        no dependencies), all or none. The backend may take each job from `jobs` only when
+        it stores it, so the server stores a part while the next is built; an error from
+        `jobs` then stores none of them."""
 
     def get_job(self, uuid: UUID) -> JobRow | None: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -124,6 +124,9 @@ class SqlBackend(ABC):
         else:
             inserted = self._transaction(work)
         return self._match_identities(jobs, self._inserted(jobs, inserted))
+
+    def enqueue_alike(self, count: int, jobs: Iterator[NewJob]) -> list[JobRow]:
+        return self.enqueue(list(jobs))
 
     def _inserted(self, jobs: Sequence[NewJob], inserted: Rows) -> list[JobRow]:
         """The rows of the jobs enqueue_jobs inserted, from what it returned (whole rows)."""

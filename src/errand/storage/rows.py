@@ -114,26 +114,31 @@ def _copy_text(value: str) -> str:
 def copy_lines(jobs: Sequence[NewJob], ids: Sequence[int], etas: Sequence[datetime],
                created_at: datetime) -> str:
     """Jobs (no identity key, no dependencies) as COPY text, in the column order of
-    `copy_jobs`; `ids` and `etas` are the jobs' own, in order."""
-    texts: dict[str, str] = {}  # task, description, channel... repeat across a batch
-
-    def text(value: str) -> str:
-        escaped = texts.get(value)
-        if escaped is None:
-            escaped = texts[value] = _copy_text(value)
-        return escaped
-
+    `copy_jobs`; `ids` and `etas` are the jobs' own, in order. The jobs of a batch share
+    all but their uuid and arguments, as a rule: the text around those is formatted once
+    for each set of shared fields."""
     created = created_at.isoformat()
+    around: dict[tuple[Any, ...], tuple[str, str]] = {}
     lines = []
     for job, job_id, eta in zip(jobs, ids, etas, strict=True):
-        pattern = r"\N" if job.retry_pattern is None else text(job.retry_pattern)
-        timeout = r"\N" if job.timeout is None else repr(job.timeout)
-        lines.append(
-            f"{job_id}\t{job.uuid}\t{text(job.task)}\t{text(job.description)}\tpending\t"
-            f"{text(job.channel)}\t{job.priority}\t{eta.isoformat()}\t{_copy_text(job.args)}\t"
-            f"{_copy_text(job.kwargs)}\t{text(job.context)}\t{job.max_retries}\t{pattern}\t"
-            f"{timeout}\t{created}\n")
+        key = (job.task, job.description, job.channel, job.priority, eta, job.context,
+               job.max_retries, job.retry_pattern, job.timeout)
+        parts = around.get(key)
+        if parts is None:
+            parts = around[key] = _copy_around(job, eta, created)
+        lines.append(  # the uuid as 32 hex digits, which PostgreSQL reads too: 4x cheaper
+            f"{job_id}\t{job.uuid.hex}\t{parts[0]}\t{_copy_text(job.args)}\t"
+            f"{_copy_text(job.kwargs)}\t{parts[1]}\n")
     return "".join(lines)
+
+
+def _copy_around(job: NewJob, eta: datetime, created: str) -> tuple[str, str]:
+    """The COPY text of a job's fields before its arguments, and after them."""
+    pattern = r"\N" if job.retry_pattern is None else _copy_text(job.retry_pattern)
+    timeout = r"\N" if job.timeout is None else repr(job.timeout)
+    return (f"{_copy_text(job.task)}\t{_copy_text(job.description)}\tpending\t"
+            f"{_copy_text(job.channel)}\t{job.priority}\t{eta.isoformat()}",
+            f"{_copy_text(job.context)}\t{job.max_retries}\t{pattern}\t{timeout}\t{created}")
 
 
 def dependencies_document(jobs: Sequence[NewJob]) -> str | None:

@@ -22,10 +22,10 @@ handing it out: that test cost as much as a one-job enqueue. Two cheaper guards 
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from itertools import repeat
+from itertools import chain, islice, repeat
 from typing import Any
 
 import psycopg
@@ -282,6 +282,20 @@ class PostgresBackend(SqlBackend):
         except pg_errors.UntranslatableCharacter as exc:
             raise _nul_refused() from exc
 
+    def enqueue_alike(self, count: int, jobs: Iterator[NewJob]) -> list[JobRow]:
+        """By COPY from COPY_FROM jobs, each chunk built while the server stores the one
+        before; the first job's eta is every job's (they share their options)."""
+        if count < COPY_FROM:
+            return self.enqueue(list(jobs))
+        first = next(jobs)
+        delays = [] if first.eta_at is not None else [first.eta_in]
+        try:
+            with self._first("reserve_jobs", {"count": count, "delays": delays}) as (
+                    conn, [reserved], _):
+                return self._copy(conn, chain([first], jobs), delays, reserved)
+        except pg_errors.UntranslatableCharacter as exc:
+            raise _nul_refused() from exc
+
     def _insert_one(self, job: NewJob, connection: Any) -> Rows:
         if "\x00" in job.task or "\x00" in job.description or "\x00" in (job.identity_key or ""):
             raise _nul_refused()  # as the JSON document of enqueue_jobs reports it
@@ -316,23 +330,29 @@ class PostgresBackend(SqlBackend):
         with self._first("reserve_jobs", params) as (conn, [reserved], _):
             return self._copy(conn, jobs, delays, reserved)
 
-    def _copy(self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob],
+    def _copy(self, conn: psycopg.Connection[Any], jobs: Iterable[NewJob],
               delays: list[float], reserved: tuple[Any, ...]) -> list[JobRow]:
+        """COPY one job per reserved id, COPY_CHUNK at a time. Any error before the last
+        chunk is sent (a job that cannot be built, a count that does not match) aborts the
+        COPY, so none of the jobs is stored."""
         ids, delayed, now = reserved
         after = {delay: eta.astimezone(UTC) for delay, eta in zip(delays, delayed, strict=True)}
-        etas = [after[job.eta_in] if job.eta_at is None else job.eta_at.astimezone(UTC)
-                for job in jobs]
         created_at = now.astimezone(UTC)
         stored: list[JobRow] = []
+        remaining = iter(jobs)
         with conn.cursor() as cursor, cursor.copy(self.queries["copy_jobs"][0]) as copy:
-            for start in range(0, len(jobs), COPY_CHUNK):
-                chunk = slice(start, start + COPY_CHUNK)
-                lines = rows.copy_lines(jobs[chunk], ids[chunk], etas[chunk], created_at)
+            for start in range(0, len(ids), COPY_CHUNK):
+                chunk = list(islice(remaining, COPY_CHUNK))
+                chunk_ids = ids[start:start + COPY_CHUNK]
+                etas = [after[job.eta_in] if job.eta_at is None else job.eta_at.astimezone(UTC)
+                        for job in chunk]
+                lines = rows.copy_lines(chunk, chunk_ids, etas, created_at)
                 if "\x00" in lines:  # only a task or description can hold one: JSON escapes it
                     raise _nul_refused()
                 copy.write(lines)
-                stored += map(rows.new_job_row, jobs[chunk], ids[chunk], etas[chunk],
-                              repeat(created_at))
+                stored += map(rows.new_job_row, chunk, chunk_ids, etas, repeat(created_at))
+            if next(remaining, None) is not None:
+                raise ValueError(f"more jobs than the {len(ids)} announced")
         return stored
 
     def waker(self) -> PostgresWaker:
