@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -274,7 +275,11 @@ class PostgresBackend(SqlBackend):
         try:
             if len(jobs) == 1 and not jobs[0].depends_on:
                 inserted = self._insert_one(jobs[0], connection)
-                return self._match_identities(jobs, self._inserted(jobs, inserted))
+                if len(inserted) == 1:  # stored, as a rule (else skipped: see enqueue_jobs)
+                    _, job_id, eta, created = inserted[0]
+                    return [rows.new_job_row(jobs[0], job_id, eta.astimezone(UTC),
+                                             created.astimezone(UTC))]
+                return self._match_identities(jobs, [])
             if len(jobs) >= COPY_FROM and not any(job.identity_key is not None or job.depends_on
                                                   for job in jobs):
                 return self._copy_jobs(jobs, connection)
@@ -369,8 +374,10 @@ def _execute(conn: psycopg.Connection[Any], sql: str,
              params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
     with conn.cursor() as cur:
         cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description is not None else []
-        return rows, cur.rowcount
+        # The result's status, not cur.description: that builds a Column per column.
+        result = cur.pgresult
+        returned = result is not None and result.status == pq.ExecStatus.TUPLES_OK
+        return (cur.fetchall() if returned else []), cur.rowcount
 
 
 def _run_block(conn: psycopg.Connection[Any], statements: list[str],

@@ -28,3 +28,19 @@ DROP INDEX errand_jobs_pending_eta;
 DROP INDEX errand_jobs_state;
 CREATE INDEX errand_jobs_state ON errand_jobs (state, id)
     WHERE state IN ('wait_dependencies', 'done', 'failed', 'cancelled');
+
+-- Claims and ends made the statement trigger of version 1 copy every row they changed into
+-- a transition table, to find none ready. A row trigger whose WHEN condition PostgreSQL
+-- checks itself calls the function only for a job that is ready now; one transaction's
+-- identical notifications still fold into one. Inserts keep the statement trigger: a bulk
+-- insert notifies once, not once per job.
+CREATE FUNCTION errand_notify_ready_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('errand_jobs', NEW.channel);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER errand_jobs_updated ON errand_jobs;
+CREATE TRIGGER errand_jobs_ready_again AFTER UPDATE OF state, eta ON errand_jobs
+    FOR EACH ROW WHEN (NEW.state = 'pending' AND NEW.eta <= now())
+    EXECUTE FUNCTION errand_notify_ready_job();
