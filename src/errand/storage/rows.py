@@ -24,6 +24,7 @@ from errand.jobs import (
 )
 
 Convert = Callable[[Any], Any]
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps with an option builds one per call
 
 
 def job_row(row: Sequence[Any], when: Convert, uuid: Convert) -> JobRow:
@@ -68,7 +69,7 @@ def _embed(text: str | None, nested: bool) -> str:
     """
     if text is None:
         return "null"
-    return text if nested else json.dumps(text, ensure_ascii=False)
+    return text if nested else _JSON.encode(text)
 
 
 def new_jobs_document(jobs: Sequence[NewJob], eta_at: Callable[[datetime], Any],
@@ -76,14 +77,14 @@ def new_jobs_document(jobs: Sequence[NewJob], eta_at: Callable[[datetime], Any],
     """One JSON array of the jobs to insert; arguments (already JSON) are spliced in."""
     parts = []
     for job in jobs:
-        scalars = json.dumps({
+        scalars = _JSON.encode({
             "uuid": str(job.uuid), "task": job.task, "description": job.description,
             "channel": job.channel, "priority": job.priority,
             "eta_at": None if job.eta_at is None else eta_at(job.eta_at),
             "eta_in": job.eta_in, "max_retries": job.max_retries,
             "timeout": job.timeout, "identity_key": job.identity_key,
             "waits": bool(job.depends_on),
-        }, ensure_ascii=False)
+        })
         parts.append(
             f'{scalars[:-1]},"args":{_embed(job.args, nested)},'
             f'"kwargs":{_embed(job.kwargs, nested)},"context":{_embed(job.context, nested)},'
@@ -151,19 +152,19 @@ def dependencies_document(jobs: Sequence[NewJob]) -> str | None:
 def finishes_document(finishes: Sequence[Finish], nested: bool) -> str:
     parts = []
     for f in finishes:
-        scalars = json.dumps({
+        scalars = _JSON.encode({
             "id": f.id, "attempt": f.attempt, "state": f.state.value,
             "outcome": f.outcome.value, "retries": f.retries, "delay": f.delay,
             "error_type": f.error_type, "error_message": f.error_message,
             "traceback": f.traceback, "duration": f.duration, "memory_mb": f.memory_mb,
             "pid": f.pid, "start_unwritten": f.start_unwritten,
-        }, ensure_ascii=False)
+        })
         parts.append(f'{scalars[:-1]},"result":{_embed(f.result, nested)}}}')
     return "[" + ",".join(parts) + "]"
 
 
 def records_document(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    return json.dumps([dict(zip(names, row, strict=True)) for row in rows], ensure_ascii=False)
+    return _JSON.encode([dict(zip(names, row, strict=True)) for row in rows])
 
 
 def as_uuid(value: Any) -> UUID:
