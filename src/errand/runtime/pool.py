@@ -99,16 +99,17 @@ class Pool:
         """Children running a try or holding jobs they may begin."""
         return [c for c in self.children.values() if c.running is not None or c.queued]
 
-    def start(self, child: Child, job: ClaimedJob) -> None:
-        """Send `job` to `child`: it begins it now if idle, else after what it holds."""
-        child.queued.append(job)
+    def start(self, child: Child, jobs: list[ClaimedJob]) -> None:
+        """Send `jobs` to `child`, in one write: it begins the first now if idle, else
+        after what it holds."""
+        child.queued += jobs
         try:
-            wire.send(child.sock, RunMessage(
+            child.sock.sendall(b"".join(wire.encode(RunMessage(
                 job_id=job.id, attempt=job.attempt, uuid=str(job.uuid), task=job.task,
                 args=job.args, kwargs=job.kwargs, context=job.context,
-                parent_results=job.parent_results).encode())
+                parent_results=job.parent_results).encode()) for job in jobs))
         except OSError:
-            pass  # the child died just now; reaping settles the job
+            pass  # the child died just now; reaping settles the jobs
 
     def begin(self, child: Child, key: tuple[int, int]) -> ClaimedJob | None:
         """The child said it began the job `key` (the head of its queue); None if unknown."""

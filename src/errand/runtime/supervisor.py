@@ -275,11 +275,12 @@ class Worker:
         for child in self.pool.idle():
             if not self.ready:
                 return
-            self.pool.start(child, self.ready.popleft())
+            self.pool.start(child, [self.ready.popleft()])
         depth = self.ahead.depth()
         for child in self.pool.pipelined(depth, RETRACT_AFTER):
-            while self.ready and len(child.queued) < depth:
-                self.pool.start(child, self.ready.popleft())
+            room = min(depth - len(child.queued), len(self.ready))
+            if room > 0:
+                self.pool.start(child, [self.ready.popleft() for _ in range(room)])
 
     def _started(self, job: ClaimedJob, pid: int) -> None:
         if not self.started:
