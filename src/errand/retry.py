@@ -29,9 +29,11 @@ class Verdict(StrEnum):
     REQUEUE = "requeue"  # interrupted by a shutdown: run again at once, not counted
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TryEnd:
-    """How one try ended, as the worker observed it."""
+    """How one try ended, as the worker observed it. Once per job, so not frozen (see
+    'Hot-path rows' in jobs.py): only the job process completes one, with its duration and
+    peak memory, before sending it."""
 
     verdict: Verdict
     outcome: Outcome

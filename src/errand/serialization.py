@@ -122,6 +122,8 @@ def dumps(value: Any, where: str = "value") -> str:
 
 def loads(text: str) -> Any:
     """Decode stored JSON; raises ValueError on text that is not errand's JSON."""
+    if text == "{}":  # most kwargs and contexts: 30x cheaper than decoding
+        return {}
     return _DECODER.decode(text)
 
 

@@ -30,7 +30,7 @@ from errand.runtime import wire
 PR_SET_PDEATHSIG = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # once per job: not frozen (see 'Hot-path rows' in jobs.py)
 class RunMessage:
     """What the supervisor sends to run one try (as a plain tuple on the wire)."""
 
@@ -181,12 +181,9 @@ class ChildRunner:
         self.memory.reset()
         started = time.perf_counter()
         end = self._call(message)
-        duration = time.perf_counter() - started
-        return TryEnd(
-            verdict=end.verdict, outcome=end.outcome, result=end.result,
-            error_type=end.error_type, error_message=end.error_message,
-            traceback=end.traceback, seconds=end.seconds, ignore_retry=end.ignore_retry,
-            duration=duration, memory_mb=self.memory.peak_mb())
+        end.duration = time.perf_counter() - started
+        end.memory_mb = self.memory.peak_mb()
+        return end
 
     def _call(self, message: RunMessage) -> TryEnd:
         task = self.app.tasks.get(message.task)
