@@ -274,12 +274,9 @@ class PostgresBackend(SqlBackend):
         keys or dependencies goes by COPY; any other batch by enqueue_jobs' JSON document."""
         try:
             if len(jobs) == 1 and not jobs[0].depends_on:
-                inserted = self._insert_one(jobs[0], connection)
-                if len(inserted) == 1:  # stored, as a rule (else skipped: see enqueue_jobs)
-                    _, job_id, eta, created = inserted[0]
-                    return [rows.new_job_row(jobs[0], job_id, eta.astimezone(UTC),
-                                             created.astimezone(UTC))]
-                return self._match_identities(jobs, [])
+                found = self._inserted(jobs, self._insert_one(jobs[0], connection))
+                # Stored, as a rule; else skipped (see enqueue_jobs) and matched.
+                return found if found else self._match_identities(jobs, found)
             if len(jobs) >= COPY_FROM and not any(job.identity_key is not None or job.depends_on
                                                   for job in jobs):
                 return self._copy_jobs(jobs, connection)
