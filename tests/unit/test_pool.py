@@ -1,4 +1,5 @@
-"""`describe_exit` on real wait statuses of forked children."""
+"""`describe_exit` on real wait statuses of forked children; which children the supervisor
+tops up with next jobs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import faulthandler
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from uuid import UUID
 
 import pytest
 
-from errand.runtime.pool import describe_exit
+from errand.jobs import ClaimedJob
+from errand.runtime import wire
+from errand.runtime.pool import Child, Pool, Running, describe_exit
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork and signals as on Linux")
 
@@ -97,3 +102,40 @@ def test_a_stopped_process_counts_as_gone() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def job(number: int) -> ClaimedJob:
+    return ClaimedJob(id=number, uuid=UUID(int=number), task="t", args="[]",
+                      kwargs="{}", context="{}", attempt=1, retries=0, max_retries=5,
+                      retry_pattern=None, timeout=None, channel="root")
+
+
+def test_a_child_sent_a_job_it_has_not_begun_is_topped_up_like_a_busy_one() -> None:
+    """A short job can begin and end before its begin is read: feeding only children
+    known to be busy would hand such a child one job per round trip."""
+    pool = Pool(app=None)  # type: ignore[arg-type]  # the books only: nothing is spawned
+    sockets: list[socket.socket] = []
+
+    def child(pid: int, queued: int, begun_ago: float | None) -> Child:
+        ours, theirs = socket.socketpair()
+        sockets.extend((ours, theirs))
+        made = Child(pid=pid, sock=ours, reader=wire.Reader(ours))
+        made.queued.extend(job(pid * 100 + n) for n in range(queued))
+        if begun_ago is not None:
+            made.running = Running(job=job(pid * 100 + 99), started=time.monotonic() - begun_ago,
+                                   deadline=None)
+        pool.children[pid] = made
+        return made
+
+    try:
+        sent = child(1, queued=1, begun_ago=None)  # just sent its first job
+        busy = child(2, queued=3, begun_ago=0.0)  # a short job running
+        idle = child(3, queued=0, begun_ago=None)  # nothing: fed as idle, not here
+        long = child(4, queued=1, begun_ago=10.0)  # held behind a long job: no more
+        full = child(5, queued=8, begun_ago=0.0)
+        assert pool.pipelined(depth=8, younger_than=0.05) == [sent, busy]
+        assert pool.idle() == [idle]
+        assert long not in pool.pipelined(8, 0.05) and full not in pool.pipelined(8, 0.05)
+    finally:
+        for each in sockets:
+            each.close()

@@ -19,6 +19,10 @@ HORIZON = 0.05
 # (measured end to end: PostgreSQL 5,600 jobs/s at 16, 8,800 at 128; SQLite 8,900, 9,900).
 PER_PROCESS = 128
 RATE_WINDOW = 0.1
+# Or sooner, once this many jobs have ended: a worker that starts on a full queue claims
+# one job per idle process until it knows the rate, and measured end to end it ran 90 of
+# its first 100 ms that way (1,000 jobs/s, a tenth of its pace once it claims ahead).
+RATE_ENDS = 16
 # While jobs are that short, each busy process also holds up to PIPELINE_DEPTH next jobs,
 # so it never waits for the supervisor between two jobs; jobs held behind one running
 # longer than RETRACT_AFTER are asked back, so they wait no longer than that.
@@ -51,7 +55,7 @@ class ClaimAhead:
         if not self.allowed:
             return 0
         now = time.monotonic()
-        if now - self._since >= RATE_WINDOW:
+        if now - self._since >= RATE_WINDOW or (self._ends >= RATE_ENDS and now > self._since):
             self.rate = self._ends / (now - self._since)
             self._ends = 0
             self._since = now

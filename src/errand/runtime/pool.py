@@ -84,12 +84,16 @@ class Pool:
                 if c.running is None and not c.queued and not c.closed]
 
     def pipelined(self, depth: int, younger_than: float) -> list[Child]:
-        """Children busy with a job begun less than `younger_than` s ago, with room for more
-        next jobs."""
+        """Children with room for more next jobs: busy with a job begun less than
+        `younger_than` s ago, or about to begin one they were just sent.
+
+        The second kind matters: a short job may begin and end before the supervisor hears
+        of its beginning, so a child fed only once its begin is known would get one job at
+        a time, waiting for the supervisor between each two."""
         since = time.monotonic() - younger_than
-        return [c for c in self.children.values() if c.running is not None
-                and c.running.started > since and len(c.queued) < depth
-                and not c.retracting and not c.closed]
+        return [c for c in self.children.values()
+                if (c.queued if c.running is None else c.running.started > since)
+                and len(c.queued) < depth and not c.retracting and not c.closed]
 
     def busy(self) -> list[Child]:
         """Children running a try."""
