@@ -4,16 +4,22 @@ claimed in one batch, run on a thread beside the event loop while job processes 
 A round waits mostly for the server (a commit is a disk flush), and the GIL is free
 meanwhile, so the loop keeps handing claimed jobs to processes that finish. One round at a
 time: what ends meanwhile goes into the next one, which makes batches grow with the load.
+
+Where the database has two writers at once (PostgreSQL), a round's claim runs on a second
+connection while its ends are written, so two server processes share the round's work:
+end to end, the server's work on a round had bounded the worker's pace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from errand.channels import ChannelConfig
+from errand.errors import DatabaseError
 from errand.jobs import ClaimedJob, Finish
 from errand.runtime import wire
 from errand.storage import Backend
@@ -33,11 +39,70 @@ class Round:
     claim: int
     channels: Mapping[str, ChannelConfig]
     future: Future[tuple[list[int], list[ClaimedJob]]] | None = field(default=None)
+    # The claim failed on its own connection after the ends were written: they stand.
+    claim_error: DatabaseError | None = field(default=None)
 
-    def run(self, backend: Backend, worker_id: str) -> tuple[list[int], list[ClaimedJob]]:
+    def run(self, backend: Backend, worker_id: str,
+            lane: ClaimLane | None = None) -> tuple[list[int], list[ClaimedJob]]:
         started = [(job_id, attempt, pid) for (job_id, attempt), pid in self.started.items()]
-        return backend.exchange(worker_id, started, self.progress, self.finishes, self.claim,
-                                self.channels)
+        if lane is None or not self._claim_apart():
+            return backend.exchange(worker_id, started, self.progress, self.finishes,
+                                    self.claim, self.channels)
+        claim = lane.claim(worker_id, self.claim, self.channels)
+        try:
+            applied, _ = backend.exchange(worker_id, started, self.progress, self.finishes, 0,
+                                          self.channels)
+        except BaseException:
+            # Its connection must be free before the next round. Jobs it claimed are held
+            # for this worker unknown to it, as after a lost answer: the heartbeat puts
+            # them back (release_unknown).
+            wait([claim])
+            raise
+        try:
+            return applied, claim.result()
+        except DatabaseError as exc:
+            self.claim_error = exc
+            return applied, []
+
+    def _claim_apart(self) -> bool:
+        """Can the claim run beside the writes? Only when it does not depend on them: no
+        end releases waiting jobs (claimed in the same round), and no channel counts running
+        jobs (capacity, sequence, pause)."""
+        return bool(self.claim) and bool(self.started or self.progress or self.finishes) \
+            and not any(f.has_children for f in self.finishes) \
+            and not any(c.capacity is not None or c.sequential or c.paused
+                        for c in self.channels.values())
+
+
+class ClaimLane:
+    """A second connection, and a thread, for the claims of rounds (see the module doc)."""
+
+    def __init__(self, open_backend: Callable[[], Backend]) -> None:
+        self._open = open_backend
+        self._backend: Backend | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="errand-claim")
+
+    def claim(self, worker_id: str, limit: int,
+              channels: Mapping[str, ChannelConfig]) -> Future[list[ClaimedJob]]:
+        return self._executor.submit(self._claim, worker_id, limit, channels)
+
+    def _claim(self, worker_id: str, limit: int,
+               channels: Mapping[str, ChannelConfig]) -> list[ClaimedJob]:
+        if self._backend is None:
+            self._backend = self._open()
+        return self._backend.exchange(worker_id, [], [], [], limit, channels)[1]
+
+    def reset(self) -> None:
+        """Drop the connection (after a database error); the next claim opens a new one.
+        Only between rounds: a claim in flight holds it."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.reset()
 
 
 class RoundThread:

@@ -30,7 +30,7 @@ from errand.retry import TryEnd, Verdict, settle
 from errand.runtime import wire
 from errand.runtime.ahead import RETRACT_AFTER, ClaimAhead
 from errand.runtime.pool import Child, Pool, crash_end, process_started_at
-from errand.runtime.rounds import Round, RoundThread, Started
+from errand.runtime.rounds import ClaimLane, Round, RoundThread, Started
 from errand.runtime.signals import SignalWakeup
 from errand.settings import Settings
 from errand.storage import Backend, open_backend
@@ -83,6 +83,7 @@ class Worker:
         self.cancelled_ahead: set[tuple[int, int]] = set()  # queued in a process, then lost
         self.rounds = RoundThread()
         self.round: Round | None = None  # on the round thread
+        self.claim_lane: ClaimLane | None = None  # where claims run beside the writes
         self.ahead = ClaimAhead(self.concurrency)
 
         now = time.monotonic()
@@ -116,6 +117,9 @@ class Worker:
         self.selector.register(self.rounds.fileno(), selectors.EVENT_READ, "round")
         try:
             self.backend = open_backend(self.app.database_url, pooled=False)
+            if self.backend.claims_apart:
+                url = self.app.database_url
+                self.claim_lane = ClaimLane(lambda: open_backend(url, pooled=False))
             self.backend.register_worker(WorkerInfo(
                 id=self.id, host=socket.gethostname(), pid=os.getpid(),
                 concurrency=self.concurrency, channels=self.channels, version=__version__))
@@ -186,6 +190,8 @@ class Worker:
         if self.round is not None:
             with contextlib.suppress(DatabaseError):  # what it carried is written below
                 self._collect_round()
+        if self.claim_lane is not None:
+            self.claim_lane.close()
         self._final_flush()
         self.signals.restore()
         if self.waker is not None:
@@ -452,6 +458,8 @@ class Worker:
         if self.backend is not None and self.round is None:
             with contextlib.suppress(Exception):
                 self.backend.close()
+            if self.claim_lane is not None:
+                self.claim_lane.reset()
         self.db_retry_at = now + self.db_backoff
         self.db_backoff = min(self.db_backoff * 2, MAX_DB_BACKOFF)
 
@@ -610,10 +618,11 @@ class Worker:
             self.progress = {}
             self.next_progress_flush = now + PROGRESS_FLUSH_INTERVAL
         self.round = round_
+        lane = self.claim_lane
         if self.pool.holding():
-            self.rounds.submit(round_, lambda: round_.run(backend, self.id))
+            self.rounds.submit(round_, lambda: round_.run(backend, self.id, lane))
         else:  # nothing to feed meanwhile: spare the thread hop (start latency)
-            self._take_round(round_, lambda: round_.run(backend, self.id))
+            self._take_round(round_, lambda: round_.run(backend, self.id, lane))
 
     def _collect_round(self) -> None:
         assert self.round is not None and self.round.future is not None
@@ -633,6 +642,8 @@ class Worker:
             raise
         self.round = None
         self._report_unapplied(round_.finishes, set(applied))
+        if round_.claim_error is not None:
+            raise round_.claim_error  # the ends are written; the claim is tried again later
         if not round_.claim:
             return
         self.ready.extend(jobs)

@@ -65,6 +65,9 @@ class Waker(Protocol):
 class Backend(Protocol):
     dialect: str
     url: str
+    # May a worker's claim run on a second connection while its ends are written? Only
+    # where two writers work at once (PostgreSQL); SQLite's would wait for the first.
+    claims_apart: bool
 
     # schema
     def migrate(self) -> list[int]:

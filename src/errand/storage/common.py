@@ -47,6 +47,7 @@ class SqlBackend(ABC):
     latest_version: int
     applied_on_open: list[int]
     gate_says_closed = False  # does claim_gated end with a row of NULLs when it declines?
+    claims_apart = False
 
     # -- what a dialect provides -------------------------------------------------------
 

@@ -102,6 +102,7 @@ class PostgresBackend(SqlBackend):
     nested_json = True
     latest_version = LATEST_VERSION
     gate_says_closed = True
+    claims_apart = True
 
     def __init__(self, url: str, *, pooled: bool = True, pool_size: int = 10) -> None:
         self.url = url
