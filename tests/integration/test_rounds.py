@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -30,8 +31,18 @@ def backend(postgres_url: str) -> Iterator[Backend]:
     opened.close()
 
 
-def lane_to(url: str) -> ClaimLane:
-    return ClaimLane(lambda: open_backend(url, pooled=False))
+@contextmanager
+def lane_to(url: str) -> Iterator[ClaimLane]:
+    lane = ClaimLane(lambda: open_backend(url, pooled=False))
+    try:
+        yield lane
+    finally:
+        lane.close()
+
+
+def ending(finishes: list[Finish], channels: dict[str, ChannelConfig] | None = None) -> Round:
+    """A round that writes `finishes` and claims two jobs."""
+    return Round(started={}, progress=[], finishes=finishes, claim=2, channels=channels or {})
 
 
 def store(backend: Backend, count: int) -> None:
@@ -55,20 +66,16 @@ def states(url: str) -> dict[str, int]:
 def test_the_claim_goes_through_while_the_ends_wait(backend: Backend, postgres_url: str) -> None:
     store(backend, 4)
     running = backend.claim(WORKER, 2)
-    lane = lane_to(postgres_url)
-    round_ = Round(started={}, progress=[], finishes=[done(job) for job in running], claim=2,
-                   channels={})
-    try:
-        with psycopg.connect(postgres_url) as blocker, ThreadPoolExecutor(1) as thread:
-            # Writing the ends counts them on the worker's row: hold that row.
-            blocker.execute("SELECT 1 FROM errand_workers WHERE id = %s FOR UPDATE", [WORKER])
-            answer = thread.submit(round_.run, backend, WORKER, lane)
-            wait_for(lambda: states(postgres_url).get("enqueued") == 4, timeout=10)
-            assert not answer.done()  # claimed beside the ends, which still wait
-            blocker.rollback()
-            applied, claimed = answer.result(timeout=10)
-    finally:
-        lane.close()
+    round_ = ending([done(job) for job in running])
+    with lane_to(postgres_url) as lane, psycopg.connect(postgres_url) as blocker, \
+            ThreadPoolExecutor(1) as thread:
+        # Writing the ends counts them on the worker's row: hold that row.
+        blocker.execute("SELECT 1 FROM errand_workers WHERE id = %s FOR UPDATE", [WORKER])
+        answer = thread.submit(round_.run, backend, WORKER, lane)
+        wait_for(lambda: states(postgres_url).get("enqueued") == 4, timeout=10)
+        assert not answer.done()  # claimed beside the ends, which still wait
+        blocker.rollback()
+        applied, claimed = answer.result(timeout=10)
     assert sorted(applied) == sorted(job.id for job in running)
     assert len(claimed) == 2 and not {job.id for job in claimed} & set(applied)
     assert round_.claim_error is None
@@ -78,13 +85,9 @@ def test_the_claim_goes_through_while_the_ends_wait(backend: Backend, postgres_u
 def test_a_failed_claim_leaves_the_ends_written(backend: Backend, postgres_url: str) -> None:
     store(backend, 3)
     running = backend.claim(WORKER, 2)
-    lane = lane_to(NOWHERE)
-    round_ = Round(started={}, progress=[], finishes=[done(job) for job in running], claim=2,
-                   channels={})
-    try:
+    round_ = ending([done(job) for job in running])
+    with lane_to(NOWHERE) as lane:
         applied, claimed = round_.run(backend, WORKER, lane)
-    finally:
-        lane.close()
     assert sorted(applied) == sorted(job.id for job in running) and claimed == []
     assert round_.claim_error is not None and "cannot connect" in str(round_.claim_error)
     assert states(postgres_url) == {"done": 2, "pending": 1}
@@ -101,11 +104,8 @@ def test_a_claim_that_depends_on_the_ends_runs_after_them_on_one_connection(
         finishes[0].has_children = True
     else:
         channels = {"root": ChannelConfig(name="root", capacity=5)}
-    lane = lane_to(NOWHERE)  # would fail the claim, were it used
-    round_ = Round(started={}, progress=[], finishes=finishes, claim=2, channels=channels)
-    try:
+    round_ = ending(finishes, channels)
+    with lane_to(NOWHERE) as lane:  # it would fail the claim, were it used
         applied, claimed = round_.run(backend, WORKER, lane)
-    finally:
-        lane.close()
     assert round_.claim_error is None
     assert applied == [running[0].id] and len(claimed) == 2
