@@ -212,6 +212,23 @@ def test_a_dead_connection_the_check_misses_costs_a_retry(postgres_url: str,
     assert count(postgres_url) == 1 + 3 + COPY_FROM
 
 
+def test_one_job_inserts_reuse_a_cursor_that_reads_do_not_touch(postgres_url: str) -> None:
+    backend = PostgresBackend(postgres_url, pool_size=1)
+    try:
+        backend.enqueue(plain(1))
+        with backend._connection() as conn:
+            assert isinstance(conn, pg._PoolConnection)
+            kept = conn.kept_cursor
+        assert kept is not None
+        backend.enqueue(plain(1))
+        assert len(backend.list_jobs()) == 2  # a read: a cursor of its own, let go at once
+        with backend._connection() as conn:
+            assert conn.kept_cursor is kept
+        assert kept.rowcount == 1  # its last statement is the second insert
+    finally:
+        backend.close()
+
+
 def test_the_pool_check_spots_a_connection_the_server_closed(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         pg._idle_and_open(conn)  # alive and idle: passes
