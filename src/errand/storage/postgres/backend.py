@@ -2,7 +2,8 @@
 
 A worker's supervisor forks its job processes, and a pool runs threads that do not survive
 a fork, so the worker asks for `pooled=False`: one plain connection for its own queries
-(reopened when it breaks) and one more for LISTEN.
+(reopened when it breaks), a second backend of that kind for the claims it runs beside its
+writes (`claims_apart`), and one more connection for LISTEN.
 
 Dead pooled connections. The pool does not test a connection with a round trip before
 handing it out: that test cost as much as a one-job enqueue. Two cheaper guards replace it:
