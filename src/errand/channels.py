@@ -21,6 +21,11 @@ class ChannelConfig:
     sequential: bool = False
     paused: bool = False
 
+    @property
+    def counts_running(self) -> bool:
+        """Does what may be claimed here depend on what runs (capacity, sequence, pause)?"""
+        return self.capacity is not None or self.sequential or self.paused
+
 
 def parse_channels(text: str | None) -> dict[str, ChannelConfig]:
     """Parse a channel list; an empty or missing list means `root` with no cap of its own."""

@@ -47,8 +47,7 @@ class ClaimAhead:
 
     def follow(self, channels: Mapping[str, ChannelConfig]) -> None:
         """Claim ahead only where no capacity, sequence or pause applies."""
-        self.allowed = not any(c.capacity is not None or c.sequential or c.paused
-                               for c in channels.values())
+        self.allowed = not any(c.counts_running for c in channels.values())
 
     def jobs(self) -> int:
         """How many jobs to hold claimed beyond the idle processes' needs."""

@@ -70,8 +70,7 @@ class Round:
         jobs (capacity, sequence, pause)."""
         return bool(self.claim) and bool(self.started or self.progress or self.finishes) \
             and not any(f.has_children for f in self.finishes) \
-            and not any(c.capacity is not None or c.sequential or c.paused
-                        for c in self.channels.values())
+            and not any(c.counts_running for c in self.channels.values())
 
 
 class ClaimLane:
