@@ -16,8 +16,8 @@ handing it out: that test cost as much as a one-job enqueue. Two cheaper guards 
   `_first` runs that statement once more on a new connection, after the pool has tested
   its idle ones. The statement may have run before the connection broke, so only a
   statement harmless to run twice is retried: a read, the reservation of ids for COPY, or
-  an enqueue insert, which skips jobs whose uuid is stored already (their rows are then
-  read back). Other writes are not retried: an error then reaches the caller, as before.
+  an enqueue insert, which skips jobs whose uuid is stored already, or for one job fails
+  on it (their rows are then read back). Other writes are not retried: an error then reaches the caller, as before.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ _REPEATABLE = frozenset({"enqueue_job", "enqueue_jobs"})
 """Writes harmless to run twice (see the module docstring): retried on a dead connection."""
 _KEPT_CURSOR = frozenset({"enqueue_job"})
 """One-row statements run on their pool connection's kept cursor (see `_kept_cursor`)."""
+_UUID_CONSTRAINT = "errand_jobs_uuid_key"
+"""The one-job insert's uuid conflict: its first run went through (see `enqueue_job`)."""
 
 # A dead server or network must surface as an error within seconds, not hang a worker.
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -294,10 +296,11 @@ class PostgresBackend(SqlBackend):
         return list(values)
 
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[JobRow]:
-        """One job is one VALUES insert; a batch of COPY_FROM jobs or more without identity
-        keys or dependencies goes by COPY; any other batch by enqueue_jobs' JSON document."""
+        """One job without identity key or dependencies is one VALUES insert; a batch of
+        COPY_FROM jobs or more without either goes by COPY; any other batch by enqueue_jobs'
+        JSON document."""
         try:
-            if len(jobs) == 1 and not jobs[0].depends_on:
+            if len(jobs) == 1 and not jobs[0].depends_on and jobs[0].identity_key is None:
                 found = self._inserted(jobs, self._insert_one(jobs[0], connection))
                 # Stored, as a rule; else skipped (see enqueue_jobs) and matched.
                 return found if found else self._match_identities(jobs, found)
@@ -323,16 +326,20 @@ class PostgresBackend(SqlBackend):
             raise _nul_refused() from exc
 
     def _insert_one(self, job: NewJob, connection: Any) -> Rows:
-        if "\x00" in job.task or "\x00" in job.description or "\x00" in (job.identity_key or ""):
+        if "\x00" in job.task or "\x00" in job.description:
             raise _nul_refused()  # as the JSON document of enqueue_jobs reports it
         params = {"uuid": job.uuid, "task": job.task, "description": job.description,
                   "channel": job.channel, "priority": job.priority, "eta_at": job.eta_at,
                   "eta_in": job.eta_in, "args": job.args, "kwargs": job.kwargs,
                   "context": job.context, "max_retries": job.max_retries,
-                  "retry_pattern": job.retry_pattern, "timeout": job.timeout,
-                  "identity_key": job.identity_key}
+                  "retry_pattern": job.retry_pattern, "timeout": job.timeout}
         if connection is None:
-            inserted, _ = self._write("enqueue_job", params)
+            try:
+                inserted, _ = self._write("enqueue_job", params)
+            except pg_errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != _UUID_CONSTRAINT:
+                    raise
+                return []  # stored by a first run that went through (see _first)
             return inserted
         with self._their_connection(connection) as conn:
             return _execute(conn, self.queries["enqueue_job"][0], params)[0]

@@ -53,14 +53,16 @@ ON CONFLICT DO NOTHING
 RETURNING uuid, id, eta, created_at;
 
 -- name: enqueue_job
--- One job without dependencies: enqueue_jobs without the JSON document (a tenth cheaper).
+-- One job without dependencies or identity key: enqueue_jobs without the JSON document (a
+-- tenth cheaper) and without ON CONFLICT: its speculative insertion cost 2-4% of a one-job
+-- enqueue. A uuid stored already (an insert retried after its first run went through)
+-- raises unique_violation instead, and the caller reads that job.
 INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
-                         context, max_retries, retry_pattern, timeout, identity_key)
+                         context, max_retries, retry_pattern, timeout)
 VALUES (%(uuid)s, %(task)s, %(description)s, 'pending', %(channel)s, %(priority)s,
         coalesce(%(eta_at)s::timestamptz, now() + make_interval(secs => %(eta_in)s)),
         %(args)s::jsonb, %(kwargs)s::jsonb, %(context)s::jsonb, %(max_retries)s,
-        %(retry_pattern)s::jsonb, %(timeout)s, %(identity_key)s)
-ON CONFLICT DO NOTHING
+        %(retry_pattern)s::jsonb, %(timeout)s)
 RETURNING uuid, id, eta, created_at;
 
 -- name: reserve_jobs
