@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -123,20 +124,68 @@ def test_copy_values_and_json_store_the_same_rows(backend: PostgresBackend, post
         same_job(row, read)
 
 
-def test_copy_wakes_workers_once_and_not_for_later_jobs(backend: PostgresBackend,
-                                                       postgres_url: str) -> None:
-    channel = f"root.copy{uuid.uuid4().hex[:8]}"  # other tests may share this database
-    with psycopg.connect(postgres_url, autocommit=True) as listener:
+@contextmanager
+def listening(url: str) -> Iterator[Callable[[str], list[str]]]:
+    """What an idle worker hears: a function returning the notifications of a channel that
+    arrived until none came for a moment."""
+    with psycopg.connect(url, autocommit=True) as listener:
         listener.execute("LISTEN errand_jobs")
-        backend.enqueue(plain(COPY_FROM, channel, eta_in=60))
-        backend.enqueue(plain(COPY_FROM, channel))
-        deadline = time.monotonic() + 2
-        heard: list[str] = []
-        while time.monotonic() < deadline and not heard:
-            heard = [n.payload for n in listener.notifies(timeout=0.2) if n.payload == channel]
-        time.sleep(0.2)
-        heard += [n.payload for n in listener.notifies(timeout=0.2) if n.payload == channel]
-    assert heard == [channel]
+
+        def heard(channel: str) -> list[str]:
+            payloads: list[str] = []
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                more = [n.payload for n in listener.notifies(timeout=0.3, stop_after=1)]
+                if not more:
+                    break
+                payloads += [payload for payload in more if payload == channel]
+            return payloads
+
+        yield heard
+
+
+@pytest.mark.parametrize("how", ["values", "json", "identity key", "copy"])
+def test_each_way_of_storing_wakes_workers_once_and_not_for_later_jobs(
+        backend: PostgresBackend, postgres_url: str, how: str) -> None:
+    """errand's sessions do not fire the insert trigger: each insert notifies by itself."""
+    channel = f"root.wake{uuid.uuid4().hex[:8]}"  # other tests may share this database
+    size = {"values": 1, "json": 3, "identity key": 1, "copy": COPY_FROM}[how]
+
+    def jobs(eta_in: float) -> list[NewJob]:
+        made = plain(size, channel, eta_in)
+        if how == "identity key":
+            made = [replace(job, identity_key=f"{channel}.{eta_in}") for job in made]
+        return made
+
+    with listening(postgres_url) as heard:
+        backend.enqueue(jobs(60))
+        assert heard(channel) == []
+        backend.enqueue(jobs(60)[:-1] + jobs(0)[-1:])  # one job ready among later ones
+        assert heard(channel) == [channel]
+
+
+def test_rows_stored_past_errand_wake_workers_through_the_trigger(
+        backend: PostgresBackend, postgres_url: str) -> None:
+    """psql, another language, a caller's own connection: sessions that are not errand's."""
+    channel = f"root.sql{uuid.uuid4().hex[:8]}"
+    insert = ("INSERT INTO errand_jobs (uuid, task, description, state, channel, eta) "
+              "VALUES (gen_random_uuid(), 't', 't', 'pending', %(channel)s, "
+              "now() + make_interval(secs => %(delay)s)), "
+              "(gen_random_uuid(), 't', 't', 'pending', %(channel)s, "
+              "now() + make_interval(secs => %(delay)s))")
+    with listening(postgres_url) as heard, psycopg.connect(postgres_url) as theirs:
+        theirs.execute(insert, {"channel": channel, "delay": 60})
+        theirs.commit()
+        assert heard(channel) == []
+        theirs.execute(insert, {"channel": channel, "delay": 0})
+        backend.enqueue(plain(1, channel), connection=theirs)  # errand's, on their session
+        assert heard(channel) == []  # not before they commit
+        theirs.commit()
+        assert heard(channel) == [channel]  # one transaction's notifications fold into one
+        with backend._connection() as ours:  # errand's own sessions skip the trigger
+            ours.execute(insert, {"channel": channel, "delay": 0})
+        assert heard(channel) == []
+    assert count(postgres_url) == 7
 
 
 def test_copy_in_the_callers_transaction(backend: PostgresBackend, postgres_url: str) -> None:

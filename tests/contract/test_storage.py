@@ -354,8 +354,7 @@ def test_the_upgrade_to_tries_written_at_their_end_keeps_running_tries(
     module = importlib.import_module(f"errand.storage.{dialect}.backend")
     backend_class = getattr(module, {"sqlite": "SqliteBackend",
                                      "postgres": "PostgresBackend"}[dialect])
-    ours = {"sqlite": 3, "postgres": 4}[dialect]
-    assert backend_class.latest_version == ours
+    ours = {"sqlite": 3, "postgres": 4}[dialect]  # the version that made this change
     before = [migration for migration in module._MIGRATIONS if migration[0] < ours]
     with monkeypatch.context() as patched:
         patched.setattr(module, "_MIGRATIONS", before)
@@ -377,7 +376,7 @@ def test_the_upgrade_to_tries_written_at_their_end_keeps_running_tries(
     ])
     backend = open_backend(database_url, pooled=False)
     try:
-        assert backend.schema_version() == ours
+        assert backend.schema_version() == backend_class.latest_version >= ours
         row = backend.get_job(running.uuid)
         assert row is not None and row.state == State.STARTED
         [open_try] = backend.list_attempts(row.id)

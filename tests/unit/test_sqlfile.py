@@ -57,7 +57,7 @@ def test_parse_queries_of_nothing() -> None:
 
 
 # PostgreSQL-only ways to enqueue: one job by VALUES, a batch by COPY (SQLite has no COPY).
-POSTGRES_ONLY = {"enqueue_job", "reserve_jobs", "copy_jobs"}
+POSTGRES_ONLY = {"enqueue_job", "reserve_jobs", "copy_jobs", "notify_ready"}
 
 
 def test_both_dialects_define_the_same_queries() -> None:

@@ -17,14 +17,19 @@ handing it out: that test cost as much as a one-job enqueue. Two cheaper guards 
   its idle ones. The statement may have run before the connection broke, so only a
   statement harmless to run twice is retried: a read, the reservation of ids for COPY, or
   an enqueue insert, which skips jobs whose uuid is stored already, or for one job fails
-  on it (their rows are then read back). Other writes are not retried: an error then reaches the caller, as before.
+  on it (their rows are then read back). Other writes are not retried: an error then
+  reaches the caller, as before.
+
+Wake-ups. errand's sessions set errand.notifies_itself (connection_setup): their inserts
+notify the channels of the jobs they store ready now (COPY by a statement after it, in its
+transaction), and the insert trigger, kept for every other writer, skips their rows.
 """
 
 from __future__ import annotations
 
 import select
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from itertools import chain, islice, repeat
 from typing import Any
@@ -365,6 +370,18 @@ class PostgresBackend(SqlBackend):
 
     def _copy(self, conn: psycopg.Connection[Any], jobs: Iterable[NewJob],
               delays: list[float], reserved: tuple[Any, ...]) -> list[JobRow]:
+        """COPY the jobs, then wake the workers for those ready now (COPY cannot notify by
+        itself, as the inserts do), in one transaction: the caller's, if they have one."""
+        with (conn.transaction() if conn.autocommit else nullcontext()), conn.cursor() as cursor:
+            stored = self._copy_rows(cursor, jobs, delays, reserved)
+            channel_etas = {(row.channel, row.eta) for row in stored}
+            cursor.execute(self.queries["notify_ready"][0],
+                           {"channels": [channel for channel, _ in channel_etas],
+                            "etas": [eta for _, eta in channel_etas]})
+        return stored
+
+    def _copy_rows(self, cursor: psycopg.Cursor[Any], jobs: Iterable[NewJob],
+                   delays: list[float], reserved: tuple[Any, ...]) -> list[JobRow]:
         """COPY one job per reserved id, COPY_CHUNK at a time. Any error before the last
         chunk is sent (a job that cannot be built, a count that does not match) aborts the
         COPY, so none of the jobs is stored."""
@@ -373,7 +390,7 @@ class PostgresBackend(SqlBackend):
         created_at = now.astimezone(UTC)
         stored: list[JobRow] = []
         remaining = iter(jobs)
-        with conn.cursor() as cursor, cursor.copy(self.queries["copy_jobs"][0]) as copy:
+        with cursor.copy(self.queries["copy_jobs"][0]) as copy:
             for start in range(0, len(ids), COPY_CHUNK):
                 chunk = list(islice(remaining, COPY_CHUNK))
                 chunk_ids = ids[start:start + COPY_CHUNK]

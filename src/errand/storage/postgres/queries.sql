@@ -6,6 +6,8 @@
 -- A lock held elsewhere (say, a long transaction touching errand_jobs) must surface as an
 -- error the worker retries, not freeze its loop and its heartbeats.
 SET lock_timeout = '10s';
+-- The insert statements below wake the workers themselves (see migration 5).
+SET errand.notifies_itself = 'on';
 
 -- name: watch_changes
 LISTEN errand_jobs;
@@ -37,33 +39,46 @@ INSERT INTO errand_schema_version (version) VALUES (%(version)s);
 -- caller then reads that job with find_by_identity). So is a job whose uuid is stored
 -- already: an insert retried on a new connection may have run before its first one broke
 -- (the caller reads such a job by uuid). DO NOTHING without a target covers both.
--- Only what the database chose comes back; the rest of each row is what was sent.
-INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
-                         context, max_retries, retry_pattern, timeout, identity_key)
-SELECT j.uuid, j.task, j.description,
-       CASE WHEN j.waits THEN 'wait_dependencies' ELSE 'pending' END,
-       j.channel, j.priority, coalesce(j.eta_at, now() + make_interval(secs => j.eta_in)),
-       j.args, j.kwargs, j.context, j.max_retries, j.retry_pattern, j.timeout, j.identity_key
-FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(
-    uuid uuid, task text, description text, channel text, priority integer,
-    eta_at timestamptz, eta_in double precision, args jsonb, kwargs jsonb, context jsonb,
-    max_retries integer, retry_pattern jsonb, timeout double precision, identity_key text,
-    waits boolean)
-ON CONFLICT DO NOTHING
-RETURNING uuid, id, eta, created_at;
+-- Only what the database chose comes back; the rest of each row is what was sent. Each
+-- ready job notifies its channel: PostgreSQL folds a transaction's identical
+-- notifications into one.
+WITH stored AS (
+    INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args,
+                             kwargs, context, max_retries, retry_pattern, timeout,
+                             identity_key)
+    SELECT j.uuid, j.task, j.description,
+           CASE WHEN j.waits THEN 'wait_dependencies' ELSE 'pending' END,
+           j.channel, j.priority, coalesce(j.eta_at, now() + make_interval(secs => j.eta_in)),
+           j.args, j.kwargs, j.context, j.max_retries, j.retry_pattern, j.timeout,
+           j.identity_key
+    FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(
+        uuid uuid, task text, description text, channel text, priority integer,
+        eta_at timestamptz, eta_in double precision, args jsonb, kwargs jsonb, context jsonb,
+        max_retries integer, retry_pattern jsonb, timeout double precision,
+        identity_key text, waits boolean)
+    ON CONFLICT DO NOTHING
+    RETURNING uuid, id, eta, created_at, channel, state)
+SELECT stored.uuid, stored.id, stored.eta, stored.created_at
+FROM stored LEFT JOIN LATERAL (SELECT pg_notify('errand_jobs', stored.channel)
+                               WHERE stored.state = 'pending'
+                                 AND stored.eta <= now()) AS woken ON true;
 
 -- name: enqueue_job
 -- One job without dependencies or identity key: enqueue_jobs without the JSON document (a
 -- tenth cheaper) and without ON CONFLICT: its speculative insertion cost 2-4% of a one-job
--- enqueue. A uuid stored already (an insert retried after its first run went through)
+-- enqueue. A ready job notifies its channel. A uuid stored already (an insert retried after its first run went through)
 -- raises unique_violation instead, and the caller reads that job.
-INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args, kwargs,
-                         context, max_retries, retry_pattern, timeout)
-VALUES (%(uuid)s, %(task)s, %(description)s, 'pending', %(channel)s, %(priority)s,
-        coalesce(%(eta_at)s::timestamptz, now() + make_interval(secs => %(eta_in)s)),
-        %(args)s::jsonb, %(kwargs)s::jsonb, %(context)s::jsonb, %(max_retries)s,
-        %(retry_pattern)s::jsonb, %(timeout)s)
-RETURNING uuid, id, eta, created_at;
+WITH job AS (
+    INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args,
+                             kwargs, context, max_retries, retry_pattern, timeout)
+    VALUES (%(uuid)s, %(task)s, %(description)s, 'pending', %(channel)s, %(priority)s,
+            coalesce(%(eta_at)s::timestamptz, now() + make_interval(secs => %(eta_in)s)),
+            %(args)s::jsonb, %(kwargs)s::jsonb, %(context)s::jsonb, %(max_retries)s,
+            %(retry_pattern)s::jsonb, %(timeout)s)
+    RETURNING uuid, id, eta, created_at, channel)
+SELECT job.uuid, job.id, job.eta, job.created_at
+FROM job LEFT JOIN LATERAL (SELECT pg_notify('errand_jobs', job.channel)
+                            WHERE job.eta <= now()) AS woken ON true;
 
 -- name: reserve_jobs
 -- What COPY cannot compute for the jobs it stores: their ids (from the jobs' own
@@ -76,10 +91,16 @@ SELECT array(SELECT nextval('errand_jobs_id_seq') FROM generate_series(1, %(coun
        now();
 
 -- name: copy_jobs
--- Jobs without identity keys or dependencies, as lines of text (rows.copy_lines). The
--- statement trigger fires for COPY as for INSERT: workers are woken once.
+-- Jobs without identity keys or dependencies, as lines of text (rows.copy_lines).
 COPY errand_jobs (id, uuid, task, description, state, channel, priority, eta, args, kwargs,
                   context, max_retries, retry_pattern, timeout, created_at) FROM STDIN;
+
+-- name: notify_ready
+-- After copy_jobs, in its transaction: the channels of the jobs it stored (each with their
+-- etas) wake the workers if a job is ready now. PostgreSQL folds identical notifications.
+SELECT pg_notify('errand_jobs', c.channel)
+FROM unnest(%(channels)s::text[], %(etas)s::timestamptz[]) AS c(channel, eta)
+WHERE c.eta <= now();
 
 -- name: add_dependencies
 INSERT INTO errand_dependencies (job_id, depends_on)
