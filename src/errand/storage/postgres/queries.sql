@@ -66,8 +66,9 @@ FROM stored LEFT JOIN LATERAL (SELECT pg_notify('errand_jobs', stored.channel)
 -- name: enqueue_job
 -- One job without dependencies or identity key: enqueue_jobs without the JSON document (a
 -- tenth cheaper) and without ON CONFLICT: its speculative insertion cost 2-4% of a one-job
--- enqueue. A ready job notifies its channel. A uuid stored already (an insert retried after its first run went through)
--- raises unique_violation instead, and the caller reads that job.
+-- enqueue. A uuid stored already (an insert retried after its first run went through)
+-- raises unique_violation instead, and the caller reads that job. A ready job notifies
+-- its channel.
 WITH job AS (
     INSERT INTO errand_jobs (uuid, task, description, state, channel, priority, eta, args,
                              kwargs, context, max_retries, retry_pattern, timeout)
